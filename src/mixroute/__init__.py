@@ -1,0 +1,3 @@
+"""mixroute: one OpenAI-compatible gateway that picks the model and the replica."""
+
+__version__ = "0.1.0"

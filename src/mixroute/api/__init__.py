@@ -1,0 +1,1 @@
+"""The HTTP surface: OpenAI-compatible API, operations endpoints and admin API."""

@@ -1,0 +1,155 @@
+"""The OpenAI-compatible surface: parse, decide the model, hand to the forwarder."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from mixroute import headers as h
+from mixroute.api.keys import GATEWAY
+from mixroute.api.parsing import model_from_multipart, parse_json_body, read_body
+from mixroute.context import Decision, RequestContext
+from mixroute.errors import bad_request, model_not_found
+from mixroute.runtime import Runtime
+
+# Paths proxied to an endpoint of the named model without further interpretation.
+PASSTHROUGH_PATHS = (
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/rerank",
+    "/v1/score",
+    "/score",
+    "/tokenize",
+    "/detokenize",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/audio/speech",
+)
+
+
+def request_id_for(request: web.Request) -> str:
+    given = request.headers.get(h.REQUEST_ID)
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return os.urandom(16).hex()
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _inference(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _inference(request, "completions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _inference(request, "embeddings")
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    return await _inference(request, "other")
+
+
+async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    runtime = gateway.runtime
+    request_id = request.get("request_id") or request_id_for(request)
+    raw = await read_body(request, runtime.config.server.max_body_bytes)
+    body = _parse(raw, kind, request.content_type)
+    requested = body["model"]
+    ctx = RequestContext(
+        request_id=request_id,
+        path=request.path,
+        requested_model=requested,
+        model=requested,
+        body=body,
+        raw_body=raw,
+        stream=body.get("stream") is True,
+        tenant=request.headers.get(h.TENANT),
+        debug=request.headers.get(h.DEBUG) == "1",
+    )
+    ctx.response_headers[h.REQUEST_ID] = request_id
+    _choose_model(ctx, runtime, kind, request.content_type)
+    ctx.session_key = _session_key(request, body, runtime)
+    return await gateway.forwarder.forward(request, ctx, runtime)
+
+
+def _parse(raw: bytes, kind: str, content_type: str) -> dict[str, Any]:
+    if kind == "other" and content_type.startswith("multipart/"):
+        model = model_from_multipart(raw)
+        if not model:
+            raise bad_request("The form has no `model` field.", param="model")
+        return {"model": model}
+    return parse_json_body(raw, kind)
+
+
+def _choose_model(ctx: RequestContext, runtime: Runtime, kind: str, content_type: str) -> None:
+    if runtime.is_auto(ctx.requested_model):
+        if kind == "embeddings":
+            raise bad_request(
+                f"`{ctx.requested_model}` chooses a chat model per request and cannot serve "
+                "embeddings; name an embedding model explicitly.",
+                param="model",
+                code="auto_model_not_supported",
+            )
+        if content_type.startswith("multipart/"):
+            raise bad_request(
+                f"`{ctx.requested_model}` is not supported for form uploads; name a model.",
+                param="model",
+                code="auto_model_not_supported",
+            )
+        decision = runtime.decide_auto()
+        if decision is None:
+            raise bad_request(
+                f"`{ctx.requested_model}` needs routing.default_model or routes in the config.",
+                param="model",
+                code="no_route",
+            )
+        _apply_decision(ctx, decision)
+        return
+    model = runtime.resolve_model(ctx.requested_model)
+    if model is None:
+        raise model_not_found(ctx.requested_model)
+    ctx.model = model
+    ctx.response_headers[h.MODEL] = model
+
+
+def _apply_decision(ctx: RequestContext, decision: Decision) -> None:
+    ctx.decision = decision
+    ctx.model = decision.model
+    ctx.body_changed = True
+    headers = ctx.response_headers
+    headers[h.MODEL] = decision.model
+    headers[h.CATEGORY] = decision.category
+    headers[h.ROUTE] = decision.route
+    headers[h.CONFIDENCE] = f"{decision.confidence:.3f}"
+    headers[h.REASONING] = "on" if decision.reasoning else "off"
+
+
+def _session_key(request: web.Request, body: dict[str, Any], runtime: Runtime) -> str | None:
+    settings = runtime.config.balancer.session
+    if settings.header:
+        value = request.headers.get(settings.header)
+        if value:
+            return value
+    if settings.body_field:
+        value = body.get(settings.body_field)
+        if isinstance(value, str | int) and value != "":
+            return str(value)
+    return None
+
+
+async def list_models(request: web.Request) -> web.Response:
+    runtime = request.app[GATEWAY].runtime
+    created = int(time.time())
+    names = [*runtime.model_names(), *runtime.config.routing.auto_models]
+    data = [{"id": n, "object": "model", "created": created, "owned_by": "mixroute"} for n in names]
+    return web.Response(
+        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+    )

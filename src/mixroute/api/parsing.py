@@ -1,0 +1,87 @@
+"""Read and check an OpenAI request body once, before anything routes on it.
+
+Only what the gateway itself relies on is checked here (a JSON object, a model name, the
+field each endpoint cannot do without, the types of ``stream`` and ``messages``); everything
+else is the upstream's to judge, so new OpenAI fields pass through untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from mixroute.errors import GatewayError, bad_request
+
+_MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,256})\r\n')
+
+REQUIRED_FIELD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise GatewayError(
+            413,
+            f"Request body of {length} bytes is larger than the {max_bytes}-byte limit.",
+            code="request_too_large",
+        )
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise GatewayError(
+            413,
+            f"Request body is larger than the {max_bytes}-byte limit.",
+            code="request_too_large",
+        ) from exc
+
+
+def parse_json_body(raw: bytes, kind: str) -> dict[str, Any]:
+    if not raw:
+        raise bad_request("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(
+            f"The request body is not valid JSON: {exc}.", code="invalid_json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise bad_request(f"The request body must be a JSON object, not {type(body).__name__}.")
+    check_body(body, kind)
+    return body
+
+
+def check_body(body: dict[str, Any], kind: str) -> None:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("`model` is required and must be a non-empty string.", param="model")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("`stream` must be true or false.", param="stream")
+    field = REQUIRED_FIELD.get(kind)
+    if field is not None and field not in body:
+        raise bad_request(f"`{field}` is required.", param=field, code="missing_field")
+    if kind == "chat":
+        _check_messages(body["messages"])
+    elif kind == "completions" and not isinstance(body["prompt"], str | list):
+        raise bad_request("`prompt` must be a string or a list.", param="prompt")
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("`messages` must be a non-empty list.", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"`messages[{index}]` must be an object.", param="messages")
+        if not isinstance(message.get("role"), str):
+            raise bad_request(
+                f"`messages[{index}].role` is required and must be a string.", param="messages"
+            )
+
+
+def model_from_multipart(raw: bytes) -> str | None:
+    """The ``model`` form field of a multipart body (audio endpoints), without a full parse."""
+    match = _MULTIPART_MODEL.search(raw)
+    return match.group(1).decode(errors="replace").strip() if match else None

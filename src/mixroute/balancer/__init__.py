@@ -1,0 +1,1 @@
+"""Which replica: endpoint registry, health, circuit breakers and selection policies."""

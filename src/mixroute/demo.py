@@ -1,0 +1,173 @@
+"""``mixroute demo``: a gateway in front of a simulated model pool, started as one command.
+
+The simulators are child processes on free ports. They die with the demo: the demo stops
+them on SIGINT/SIGTERM, and each child also asks the kernel (PR_SET_PDEATHSIG) to be sent
+SIGTERM if the demo itself is killed, so no simulator outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from mixroute.config.loader import validate_config
+from mixroute.server import serve_until_stopped
+
+log = logging.getLogger(__name__)
+
+DEMO_MODELS = ("general-llm", "math-llm", "code-llm", "creative-llm")
+REPLICAS_PER_MODEL = 2
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Simulator:
+    model: str
+    name: str
+    port: int
+    process: asyncio.subprocess.Process
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def start_simulator(model: str, name: str, extra: list[str] | None = None) -> Simulator:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mixroute.sim",
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--replica-name",
+        name,
+        *(extra or []),
+        stdout=asyncio.subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+    return Simulator(model, name, port, process)
+
+
+async def wait_healthy(simulators: list[Simulator], timeout_s: float = 60.0) -> None:
+    async with aiohttp.ClientSession() as session:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        pending = list(simulators)
+        while pending:
+            if asyncio.get_running_loop().time() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise RuntimeError(f"simulators did not become healthy: {names}")
+            for sim in list(pending):
+                if sim.process.returncode is not None:
+                    raise RuntimeError(f"simulator {sim.name} exited with {sim.process.returncode}")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(sim.url + "/health") as response:
+                        if response.status == 200:
+                            pending.remove(sim)
+            if pending:
+                await asyncio.sleep(0.1)
+
+
+async def stop_simulators(simulators: list[Simulator]) -> None:
+    for sim in simulators:
+        if sim.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                sim.process.terminate()
+    for sim in simulators:
+        try:
+            await asyncio.wait_for(sim.process.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                sim.process.kill()
+            await sim.process.wait()
+
+
+def demo_config(simulators: list[Simulator]) -> dict[str, Any]:
+    """The showcase config: every capability adds its part here."""
+    return {
+        "server": {"reload_interval_s": 1.0},
+        "endpoints": [
+            {"name": sim.name, "url": sim.url, "model": sim.model, "labels": {"pool": "demo"}}
+            for sim in simulators
+        ],
+        "models": {"general-llm": {"aliases": ["gpt-4o-mini"]}},
+        "balancer": {
+            "policy": "round_robin",
+            "health": {"interval_s": 2.0, "timeout_s": 1.0},
+        },
+        "routing": {"default_model": "general-llm"},
+    }
+
+
+async def run_demo(host: str, port: int, workdir: Path) -> None:
+    simulators: list[Simulator] = []
+    try:
+        for model in DEMO_MODELS:
+            for replica in range(REPLICAS_PER_MODEL):
+                simulators.append(await start_simulator(model, f"{model}-{replica}"))
+        await wait_healthy(simulators)
+        raw = demo_config(simulators)
+        config_path = workdir / "config.yaml"
+        await asyncio.to_thread(config_path.write_text, yaml.safe_dump(raw, sort_keys=False))
+        config = validate_config(raw, source=str(config_path))
+        started = asyncio.Event()
+        server = asyncio.create_task(
+            serve_until_stopped(config, config_path, host, port, started=started)
+        )
+        await started.wait()
+        print(_banner(host, port, config_path, simulators), flush=True)
+        await server
+    finally:
+        await stop_simulators(simulators)
+
+
+def _banner(host: str, port: int, config_path: Path, simulators: list[Simulator]) -> str:
+    base = f"http://{host}:{port}"
+    pool = ", ".join(f"{m} x{REPLICAS_PER_MODEL}" for m in DEMO_MODELS)
+    return (
+        f"\nmixroute demo on {base}  (pid {os.getpid()}; Ctrl-C stops it and its "
+        f"{len(simulators)} simulators)\n"
+        f"  simulated pool: {pool}\n"
+        f"  live config (edit it; it reloads): {config_path}\n\n"
+        f"  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
+        f'    -d \'{{"model": "MoM", "messages": [{{"role": "user", '
+        f'"content": "What is 2+2?"}}]}}\' -D - \n'
+    )
+
+
+def main(host: str, port: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="mixroute-demo-") as workdir:
+        try:
+            import uvloop
+
+            uvloop.run(run_demo(host, port, Path(workdir)))
+        except KeyboardInterrupt:
+            pass
+    return 0

@@ -1,0 +1,92 @@
+"""The gateway object: the one place where the process's long-lived parts are built.
+
+It owns the upstream ``ClientSession``, the metrics registry, the config watcher and the
+current ``Runtime``; handlers reach it through the aiohttp app.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import aiohttp
+
+from mixroute.config.loader import ConfigError
+from mixroute.config.schema import MixrouteConfig
+from mixroute.config.watcher import ConfigWatcher
+from mixroute.observability.metrics import Metrics
+from mixroute.proxy.forward import Forwarder
+from mixroute.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, config: MixrouteConfig, config_path: Path | None = None) -> None:
+        self.metrics = Metrics()
+        self._initial_config = config
+        self._config_path = config_path
+        self._session: aiohttp.ClientSession | None = None
+        self._runtime: Runtime | None = None
+        self._forwarder: Forwarder | None = None
+        self._watcher: ConfigWatcher | None = None
+
+    def runtime_config_max_body(self) -> int:
+        """The body limit is fixed at start (aiohttp reads it once); reloads cannot raise it."""
+        return self._initial_config.server.max_body_bytes
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self._runtime is not None, "gateway not started"
+        return self._runtime
+
+    @property
+    def forwarder(self) -> Forwarder:
+        assert self._forwarder is not None, "gateway not started"
+        return self._forwarder
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "gateway not started"
+        return self._session
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0, ttl_dns_cache=300, keepalive_timeout=30, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
+        )
+        self._forwarder = Forwarder(self._session, self.metrics)
+        self._runtime = Runtime(self._initial_config, self._session)
+        self._runtime.start()
+        if self._config_path is not None:
+            self._watcher = ConfigWatcher(
+                self._config_path,
+                self._initial_config.server.reload_interval_s,
+                self.apply_config,
+                self._reload_rejected,
+            )
+            self._watcher.start()
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.stop()
+        if self._runtime is not None:
+            await self._runtime.stop()
+        if self._session is not None:
+            await self._session.close()
+
+    async def apply_config(self, config: MixrouteConfig) -> None:
+        """Swap in a runtime built from ``config``; requests in flight keep the old one."""
+        old = self.runtime
+        new = Runtime(config, self.session, previous=old)
+        if old.prober.first_round_done.is_set():
+            new.prober.first_round_done.set()
+        new.start()
+        self._runtime = new
+        self.metrics.config_reloads.labels("applied").inc()
+        await old.stop()
+
+    def _reload_rejected(self, error: ConfigError) -> None:
+        self.metrics.config_reloads.labels("rejected").inc()

@@ -1,0 +1,44 @@
+"""Every HTTP header name mixroute reads or writes, in one place.
+
+Clients, Envoy configs and tests depend on these names; keeping them here means a rename
+is one edit and a grep finds every use.
+"""
+
+# Response headers: the decision, explained.
+MODEL = "x-mixroute-model"
+CATEGORY = "x-mixroute-category"
+ROUTE = "x-mixroute-route"
+CONFIDENCE = "x-mixroute-confidence"
+REASONING = "x-mixroute-reasoning"
+CACHE = "x-mixroute-cache"
+ENDPOINT = "x-mixroute-endpoint"
+BLOCKED = "x-mixroute-blocked"
+ATTEMPTS = "x-mixroute-attempts"
+FALLBACK = "x-mixroute-fallback"
+REQUEST_ID = "x-request-id"
+
+# Request headers understood by the gateway.
+CACHE_CONTROL = "x-mixroute-cache-control"
+DEBUG = "x-mixroute-debug"
+TENANT = "x-mixroute-tenant"
+ADMIN_KEY = "x-mixroute-admin-key"
+
+# Envoy integration.
+SELECTED_MODEL = "x-selected-model"
+DESTINATION_ENDPOINT = "x-gateway-destination-endpoint"
+
+# RFC 9110 section 7.6.1 hop-by-hop headers, plus the ones the proxy recomputes.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)

@@ -1,0 +1,86 @@
+"""Every Prometheus metric the gateway exports, declared in one place.
+
+Names start with ``mixroute_`` and never reuse ``vllm:`` names. Labels are bounded sets
+(model, endpoint, route, status class); prompt text and user ids never become labels.
+docs/metrics.md lists each metric; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """One registry per gateway process (no global default registry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "mixroute_requests",
+            "Requests answered by the gateway, by public model, endpoint and HTTP status class.",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "mixroute_request_duration_seconds",
+            "Time from request received to last byte sent.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_first_byte = Histogram(
+            "mixroute_upstream_first_byte_seconds",
+            "Time until the upstream's response headers arrived.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "mixroute_upstream_errors",
+            "Failed upstream attempts, by kind (connect, timeout, status_5xx, stream_broken).",
+            ["endpoint", "kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "mixroute_retries",
+            "Attempts beyond the first for one client request.",
+            ["model"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "mixroute_endpoint_in_flight",
+            "Requests this process has open to the endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_available = Gauge(
+            "mixroute_endpoint_available",
+            "1 when the endpoint passes health checks and its circuit breaker is not open.",
+            ["endpoint", "model"],
+            registry=r,
+        )
+        self.client_disconnects = Counter(
+            "mixroute_client_disconnects",
+            "Client connections closed before the response was complete.",
+            ["model"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "mixroute_rejected_requests",
+            "Requests refused before routing, by reason (bad_request, too_large, "
+            "unknown_model, no_endpoint, unauthorized).",
+            ["reason"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "mixroute_config_reloads",
+            "Config file reloads, by result (applied, rejected).",
+            ["result"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Send a routed request upstream and relay the answer back."""

@@ -1,0 +1,282 @@
+"""Forward one request to an endpoint of its model, with failover, and relay the answer.
+
+Failover rule: an attempt may be retried on another endpoint only while the client has
+received nothing: connect errors, a timeout before the first byte, a 5xx status, or a
+non-streamed body that broke off. Once the first byte of a stream is written the request is
+committed; if the upstream then dies the client gets an SSE error event and the end marker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from mixroute import headers as h
+from mixroute.balancer.endpoint import Endpoint
+from mixroute.context import RequestContext
+from mixroute.errors import GatewayError, no_healthy_endpoint, sse_error_event, upstream_error
+from mixroute.observability.metrics import Metrics
+from mixroute.proxy.rewrite import SSEModelRewriter, rewrite_json_model
+from mixroute.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+_UPSTREAM_BROKE = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+@dataclass(slots=True)
+class FailedAttempt:
+    """An attempt that can still be retried; the last one becomes the client's answer."""
+
+    error: GatewayError | None = None
+    status: int = 0
+    body: bytes = b""
+    content_type: str = "application/json"
+
+    def response(self, extra_headers: dict[str, str]) -> web.Response:
+        if self.error is not None:
+            return self.error.response(extra_headers)
+        return web.Response(
+            status=self.status,
+            body=self.body,
+            content_type=self.content_type,
+            headers=extra_headers,
+        )
+
+
+class Forwarder:
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self._session = session
+        self._metrics = metrics
+
+    async def forward(
+        self, request: web.Request, ctx: RequestContext, runtime: Runtime
+    ) -> web.StreamResponse:
+        endpoints = runtime.registry.for_model(ctx.model)
+        policy = runtime.policy_for(ctx.model)
+        retry = runtime.config.balancer.retry
+        tried: set[str] = set()
+        failure: FailedAttempt | None = None
+        for attempt in range(retry.max_attempts):
+            now = time.monotonic()
+            candidates = [e for e in endpoints if e.name not in tried and e.is_available(now)]
+            if not candidates:
+                break
+            endpoint = policy.pick(candidates, ctx)
+            tried.add(endpoint.name)
+            if attempt:
+                self._metrics.retries.labels(ctx.model).inc()
+                await asyncio.sleep(retry.backoff_s * 2 ** (attempt - 1))
+            result = await self._attempt(request, ctx, endpoint, runtime, attempt + 1)
+            if not isinstance(result, FailedAttempt):
+                return result
+            failure = result
+        if failure is None:
+            raise no_healthy_endpoint(ctx.model)
+        ctx.response_headers[h.ATTEMPTS] = str(len(tried))
+        self._metrics.requests.labels(ctx.model, "", str(failure.status or 502)).inc()
+        return failure.response(ctx.response_headers)
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        endpoint: Endpoint,
+        runtime: Runtime,
+        attempt: int,
+    ) -> web.StreamResponse | FailedAttempt:
+        timeouts = runtime.config.timeouts
+        started = time.monotonic()
+        endpoint.begin(started)
+        in_flight = self._metrics.in_flight.labels(endpoint.name)
+        in_flight.inc()
+        upstream: aiohttp.ClientResponse | None = None
+        try:
+            try:
+                async with asyncio.timeout(timeouts.first_byte_s):
+                    upstream = await self._session.request(
+                        request.method,
+                        endpoint.url + request.raw_path,
+                        data=_body_for(ctx, endpoint),
+                        headers=_upstream_headers(request, ctx, endpoint),
+                        timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect_s),
+                        allow_redirects=False,
+                    )
+            except TimeoutError:
+                return self._failed(
+                    endpoint,
+                    "timeout",
+                    GatewayError(
+                        504,
+                        f"Upstream {endpoint.name} sent nothing within {timeouts.first_byte_s:g}s.",
+                        error_type="upstream_error",
+                        code="upstream_timeout",
+                    ),
+                )
+            except (aiohttp.ClientError, OSError) as exc:
+                return self._failed(
+                    endpoint,
+                    "connect",
+                    upstream_error(
+                        f"Could not reach upstream {endpoint.name}: {type(exc).__name__}."
+                    ),
+                )
+            self._metrics.upstream_first_byte.labels(endpoint.name).observe(
+                time.monotonic() - started
+            )
+            ctx.response_headers[h.ENDPOINT] = endpoint.name
+            if attempt > 1:
+                ctx.response_headers[h.ATTEMPTS] = str(attempt)
+            if upstream.status >= 500:
+                body = await _read_quietly(upstream, timeouts.idle_s)
+                failed = self._failed(endpoint, "status_5xx", None)
+                failed.status, failed.body = upstream.status, body
+                failed.content_type = upstream.content_type or "application/json"
+                return failed
+            if upstream.content_type == "text/event-stream":
+                return await self._relay_stream(request, ctx, endpoint, upstream, timeouts.idle_s)
+            try:
+                async with asyncio.timeout(timeouts.idle_s):
+                    body = await upstream.read()
+            except _UPSTREAM_BROKE:
+                return self._failed(
+                    endpoint,
+                    "body_broken",
+                    upstream_error(f"Upstream {endpoint.name} broke off its answer."),
+                )
+            endpoint.record_success()
+            if endpoint.config.served_model and upstream.content_type == "application/json":
+                body = rewrite_json_model(body, endpoint.model)
+            self._metrics.requests.labels(
+                ctx.model, endpoint.name, _status_class(upstream.status)
+            ).inc()
+            return web.Response(
+                status=upstream.status,
+                body=body,
+                headers=_client_headers(upstream, ctx.response_headers),
+            )
+        finally:
+            if upstream is not None:
+                if upstream.content.is_eof():
+                    upstream.release()
+                else:
+                    upstream.close()
+            endpoint.end()
+            in_flight.dec()
+
+    def _failed(self, endpoint: Endpoint, kind: str, error: GatewayError | None) -> FailedAttempt:
+        endpoint.record_failure(kind)
+        self._metrics.upstream_errors.labels(endpoint.name, kind).inc()
+        return FailedAttempt(error=error)
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        endpoint: Endpoint,
+        upstream: aiohttp.ClientResponse,
+        idle_s: float,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status, headers=_client_headers(upstream, ctx.response_headers)
+        )
+        await response.prepare(request)
+        served = endpoint.config.served_model
+        rewriter = SSEModelRewriter(served, endpoint.model) if served else None
+        content = upstream.content
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(idle_s):
+                        chunk = await content.readany()
+                except _UPSTREAM_BROKE as exc:
+                    endpoint.record_failure("stream_broken")
+                    self._metrics.upstream_errors.labels(endpoint.name, "stream_broken").inc()
+                    log.warning("stream from %s broke: %s", endpoint.name, type(exc).__name__)
+                    await response.write(
+                        sse_error_event(
+                            f"The upstream {endpoint.name} stopped mid-stream.",
+                            "upstream_stream_broken",
+                        )
+                    )
+                    break
+                if not chunk:
+                    if rewriter is not None and (rest := rewriter.flush()):
+                        await response.write(rest)
+                    endpoint.record_success()
+                    break
+                if rewriter is not None:
+                    chunk = rewriter.feed(chunk)
+                    if not chunk:
+                        continue
+                await response.write(chunk)
+            await response.write_eof()
+        except _CLIENT_GONE:
+            self._metrics.client_disconnects.labels(ctx.model).inc()
+        self._metrics.requests.labels(
+            ctx.model, endpoint.name, _status_class(upstream.status)
+        ).inc()
+        return response
+
+
+def _status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+def _body_for(ctx: RequestContext, endpoint: Endpoint) -> bytes:
+    upstream_model = endpoint.config.upstream_model
+    if not ctx.body_changed and upstream_model == ctx.requested_model:
+        return ctx.raw_body
+    ctx.body["model"] = upstream_model
+    return orjson.dumps(ctx.body)
+
+
+def _upstream_headers(
+    request: web.Request, ctx: RequestContext, endpoint: Endpoint
+) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in h.HOP_BY_HOP or lower.startswith("x-mixroute-") or lower == "accept-encoding":
+            continue
+        out[name] = value
+    auth = endpoint.config.auth
+    if auth.mode == "replace":
+        _drop_authorization(out)
+        out["Authorization"] = f"Bearer {auth.api_key}"
+    elif auth.mode == "drop":
+        _drop_authorization(out)
+    out[h.REQUEST_ID] = ctx.request_id
+    if ctx.body_changed or endpoint.config.upstream_model != ctx.requested_model:
+        out["Content-Type"] = "application/json"
+    return out
+
+
+def _drop_authorization(headers: dict[str, str]) -> None:
+    for name in [n for n in headers if n.lower() == "authorization"]:
+        del headers[name]
+
+
+def _client_headers(upstream: aiohttp.ClientResponse, extra: dict[str, str]) -> dict[str, str]:
+    out = {
+        name: value
+        for name, value in upstream.headers.items()
+        if name.lower() not in h.HOP_BY_HOP and not name.lower().startswith("x-mixroute-")
+    }
+    out.update(extra)
+    return out
+
+
+async def _read_quietly(upstream: aiohttp.ClientResponse, timeout_s: float) -> bytes:
+    with contextlib.suppress(*_UPSTREAM_BROKE):
+        async with asyncio.timeout(timeout_s):
+            return await upstream.read()
+    return b""

@@ -1,0 +1,76 @@
+"""The runtime: everything built from one config, swapped whole on reload.
+
+Request handlers take ``gateway.runtime`` once at the start and use that object to the end,
+so a reload never changes the rules half-way through a request. Endpoint state (health,
+breakers, counters) is carried from the old runtime to the new one by endpoint name + URL.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from mixroute.balancer.health import HealthProber
+from mixroute.balancer.policies import RoutingPolicy, build_policy
+from mixroute.balancer.registry import EndpointRegistry
+from mixroute.config.schema import MixrouteConfig
+from mixroute.context import Decision
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: MixrouteConfig,
+        session: aiohttp.ClientSession,
+        previous: Runtime | None = None,
+    ) -> None:
+        self.config = config
+        self.registry: EndpointRegistry = EndpointRegistry.from_configs(
+            config.endpoints,
+            config.balancer.circuit_breaker,
+            previous.registry if previous else None,
+        )
+        self.auto_models = frozenset(config.routing.auto_models)
+        self._aliases = config.aliases()
+        self._policies: dict[str, RoutingPolicy] = {}
+        for model in self.registry.models():
+            settings = config.models.get(model)
+            name = settings.policy if settings and settings.policy else config.balancer.policy
+            self._policies[model] = build_policy(name, config.balancer.session)
+        self.prober = HealthProber(self.registry, config.balancer.health, session)
+
+    def start(self) -> None:
+        self.prober.start()
+
+    async def stop(self) -> None:
+        await self.prober.stop()
+
+    def is_auto(self, model: str) -> bool:
+        return model in self.auto_models
+
+    def resolve_model(self, requested: str) -> str | None:
+        """The public model a requested name refers to (itself or an alias), or None."""
+        if self.registry.for_model(requested):
+            return requested
+        return self._aliases.get(requested)
+
+    def policy_for(self, model: str) -> RoutingPolicy:
+        return self._policies[model]
+
+    def decide_auto(self) -> Decision | None:
+        """Until routes exist, every auto request goes to ``routing.default_model``."""
+        default = self.config.routing.default_model
+        if default is None:
+            return None
+        model = self._aliases.get(default, default)
+        return Decision(model=model, route="default", category="other", confidence=0.0)
+
+    def model_names(self) -> list[str]:
+        return self.registry.models()
+
+    def is_ready(self) -> bool:
+        """Ready when health has been probed once and every model has an available endpoint."""
+        if not self.prober.first_round_done.is_set():
+            return False
+        return all(
+            any(e.is_available() for e in self.registry.for_model(m)) for m in self.model_names()
+        )
