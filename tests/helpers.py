@@ -1,0 +1,189 @@
+"""Shared test helpers: real simulator processes and an in-process gateway on real ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from mixroute.api.app import build_app
+from mixroute.config.loader import parse_config_text, validate_config
+from mixroute.config.schema import MixrouteConfig
+from mixroute.gateway import Gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def wait_for_status(url: str, status: int = 200, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http_status(url) == status:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer {status} within {timeout}s")
+
+
+@dataclass
+class Sim:
+    """One real simulator process (``python -m mixroute.sim``)."""
+
+    model: str
+    name: str
+    port: int
+    args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> Sim:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mixroute.sim",
+                "--port",
+                str(self.port),
+                "--model",
+                self.model,
+                "--replica-name",
+                self.name,
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        wait_for_status(self.url + "/health", 200, timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class SimPool:
+    def __init__(self) -> None:
+        self.sims: list[Sim] = []
+
+    def start(self, model: str, name: str | None = None, *args: str, wait: bool = True) -> Sim:
+        sim = Sim(model, name or f"{model}-{len(self.sims)}", free_port(), list(args))
+        self.sims.append(sim)
+        return sim.start(wait=wait)
+
+    def stop_all(self) -> None:
+        for sim in self.sims:
+            sim.stop()
+
+
+def endpoint(sim: Sim, **extra: Any) -> dict[str, Any]:
+    return {"name": sim.name, "url": sim.url, "model": sim.model, **extra}
+
+
+def config_from_yaml(data: dict[str, Any]) -> MixrouteConfig:
+    """Through the YAML loader, so ``${ENV}`` references are interpolated as in a file."""
+    return parse_config_text(yaml.safe_dump(data))
+
+
+def config_for(sims: list[Sim], **sections: Any) -> MixrouteConfig:
+    data: dict[str, Any] = {"endpoints": [endpoint(s) for s in sims]}
+    balancer = sections.pop("balancer", {})
+    balancer.setdefault("health", {}).setdefault("interval_s", 0.5)
+    data["balancer"] = balancer
+    data.update(sections)
+    return validate_config(data)
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    runner: web.AppRunner
+    url: str
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in self.on_close:
+            await close()
+        await self.runner.cleanup()
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+
+async def start_gateway(config: MixrouteConfig, config_path: Path | None = None) -> RunningGateway:
+    gateway = Gateway(config, config_path)
+    runner = web.AppRunner(build_app(gateway), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    await gateway.runtime.prober.first_round_done.wait()
+    return RunningGateway(gateway, runner, f"http://127.0.0.1:{port}")
+
+
+def child_pids(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (read from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
