@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -55,7 +56,8 @@ endpoints:
 
 def test_cross_field_errors() -> None:
     assert "duplicate endpoint names ['a']" in problems(
-        "endpoints: [{name: a, url: 'http://h:1', model: m}, {name: a, url: 'http://h:2', model: m}]"
+        "endpoints: [{name: a, url: 'http://h:1', model: m},"
+        " {name: a, url: 'http://h:2', model: m}]"
     )
     assert "routing.default_model: 'zzz' is not served" in problems(
         "endpoints: [{name: a, url: 'http://h:1', model: m}]\nrouting: {default_model: zzz}"
@@ -64,7 +66,8 @@ def test_cross_field_errors() -> None:
         "endpoints: [{name: a, url: 'http://h:1', model: m}]\nmodels: {q: {}}"
     )
     assert "aliases: 'm' is already a model" in problems(
-        "endpoints: [{name: a, url: 'http://h:1', model: m}, {name: b, url: 'http://h:2', model: n}]"
+        "endpoints: [{name: a, url: 'http://h:1', model: m},"
+        " {name: b, url: 'http://h:2', model: n}]"
         "\nmodels: {n: {aliases: [m]}}"
     )
     assert "auth.mode 'replace' needs auth.api_key" in problems(
@@ -113,8 +116,8 @@ def write_config(path: Path, data: dict[str, object]) -> None:
     temporary.replace(path)
 
 
-async def wait_until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_until(predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit_s
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not reached")
