@@ -16,6 +16,7 @@ BLOCKED = "x-mixroute-blocked"
 ATTEMPTS = "x-mixroute-attempts"
 FALLBACK = "x-mixroute-fallback"
 REQUEST_ID = "x-request-id"
+WORKER = "x-mixroute-worker"  # debug only: the pid of the worker process that answered
 
 # Request headers understood by the gateway.
 CACHE_CONTROL = "x-mixroute-cache-control"

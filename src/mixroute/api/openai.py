@@ -75,6 +75,8 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
         debug=request.headers.get(h.DEBUG) == "1",
     )
     ctx.response_headers[h.REQUEST_ID] = request_id
+    if ctx.debug:
+        ctx.response_headers[h.WORKER] = str(os.getpid())
     _choose_model(ctx, runtime, kind, request.content_type)
     ctx.session_key = _session_key(request, body, runtime)
     return await gateway.forwarder.forward(request, ctx, runtime)
