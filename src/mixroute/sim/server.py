@@ -1,0 +1,163 @@
+"""The aiohttp application of the simulator, and a runner to serve it on a socket.
+
+``build_app`` wires one engine, one fault injector and the handlers into a fresh
+application (no module-level state, so a test process can host many replicas).
+``SimServer`` serves an app on a real port, with handler cancellation on so that a client
+that disconnects frees its batch slot, as vLLM aborts requests of dropped connections.
+
+Every response carries ``x-sim-replica`` (``--replica-name``, default ``host:port``) so
+tests behind a gateway can see which replica served them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+from aiohttp import web
+
+from mixroute.sim.engine import Engine
+from mixroute.sim.faults import FaultInjector
+from mixroute.sim.handlers import SimHandlers, json_response
+from mixroute.sim.protocol import SimError
+from mixroute.sim.settings import SimSettings
+
+HEADER_REPLICA = "x-sim-replica"
+# Paths that answer during slow start: a scraper should see the replica, not an error.
+_ALWAYS_OPEN = frozenset({"/metrics"})
+
+logger = logging.getLogger("mixroute.sim")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ReplicaName:
+    """The replica's display name; settled once the listening port is known."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+
+SETTINGS_KEY = web.AppKey("mixroute_sim_settings", SimSettings)
+ENGINE_KEY = web.AppKey("mixroute_sim_engine", Engine)
+FAULTS_KEY = web.AppKey("mixroute_sim_faults", FaultInjector)
+REPLICA_KEY = web.AppKey("mixroute_sim_replica", ReplicaName)
+
+
+def _default_replica_name(host: str, port: int) -> str:
+    return f"{host}:{port}"
+
+
+def build_app(settings: SimSettings) -> web.Application:
+    """A ready-to-run simulator application for ``settings``."""
+    engine = Engine(settings)
+    faults = FaultInjector(settings)
+    replica = ReplicaName(
+        settings.replica_name or _default_replica_name(settings.host, settings.port)
+    )
+
+    @web.middleware
+    async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Render ``SimError`` and unexpected failures as OpenAI-shaped JSON errors."""
+        try:
+            return await handler(request)
+        except SimError as exc:
+            return json_response(exc.body(), status=exc.status)
+        except web.HTTPException:
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            logger.exception("unexpected error in %s %s", request.method, request.path)
+            error = SimError(500, "Internal simulator error.", "InternalServerError")
+            return json_response(error.body(), status=500)
+
+    @web.middleware
+    async def slow_start_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refuse everything but /metrics while the replica is still "loading"."""
+        now = asyncio.get_running_loop().time()
+        if request.path not in _ALWAYS_OPEN and faults.warming_up(now):
+            error = SimError(503, "The model is still loading.", "ServiceUnavailableError")
+            return json_response(error.body(), status=503)
+        return await handler(request)
+
+    async def on_startup(app: web.Application) -> None:
+        faults.mark_started(asyncio.get_running_loop().time())
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[HEADER_REPLICA] = replica.value
+
+    app = web.Application(middlewares=[slow_start_middleware, errors_middleware])
+    app[SETTINGS_KEY] = settings
+    app[ENGINE_KEY] = engine
+    app[FAULTS_KEY] = faults
+    app[REPLICA_KEY] = replica
+    app.on_startup.append(on_startup)
+    app.on_response_prepare.append(on_prepare)
+    SimHandlers(settings, engine, faults).register(app)
+    return app
+
+
+class SimServer:
+    """Serve a simulator on ``settings.host:settings.port`` (0 picks a free port).
+
+    Usage::
+
+        async with SimServer(SimSettings(model="m")) as sim:
+            ...  # talk to sim.url
+    """
+
+    def __init__(self, settings: SimSettings) -> None:
+        self.settings = settings
+        self.app = build_app(settings)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the simulator is not started")
+        return f"http://{self.settings.host}:{self.port}"
+
+    @property
+    def engine(self) -> Engine:
+        return self.app[ENGINE_KEY]
+
+    @property
+    def replica_name(self) -> str:
+        return self.app[REPLICA_KEY].value
+
+    async def start(self) -> None:
+        runner = web.AppRunner(
+            self.app,
+            handler_cancellation=True,
+            shutdown_timeout=self.settings.shutdown_timeout_s,
+            access_log=None,
+        )
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        await site.start()
+        address = runner.addresses[0]
+        self.port = int(address[1])
+        if self.settings.replica_name is None:
+            self.app[REPLICA_KEY].value = _default_replica_name(self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> SimServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
