@@ -6,6 +6,7 @@ current ``Runtime``; handlers reach it through the aiohttp app.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from mixroute.config.watcher import ConfigWatcher
 from mixroute.observability.metrics import Metrics
 from mixroute.proxy.forward import Forwarder
 from mixroute.runtime import Runtime
+from mixroute.semantic.assets import SemanticAssets, load_assets
+from mixroute.semantic.router import SemanticRouter
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ class Gateway:
         self._runtime: Runtime | None = None
         self._forwarder: Forwarder | None = None
         self._watcher: ConfigWatcher | None = None
+        self._assets: SemanticAssets | None = None
+        self._assets_lock = asyncio.Lock()
 
     def runtime_config_max_body(self) -> int:
         """The body limit is fixed at start (aiohttp reads it once); reloads cannot raise it."""
@@ -58,7 +63,7 @@ class Gateway:
             connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
         )
         self._forwarder = Forwarder(self._session, self.metrics)
-        self._runtime = Runtime(self._initial_config, self._session)
+        self._runtime = await self._build_runtime(self._initial_config, previous=None)
         self._runtime.start()
         if self._config_path is not None:
             self._watcher = ConfigWatcher(
@@ -76,17 +81,44 @@ class Gateway:
             await self._runtime.stop()
         if self._session is not None:
             await self._session.close()
+        if self._assets is not None:
+            self._assets.close()
 
     async def apply_config(self, config: MixrouteConfig) -> None:
         """Swap in a runtime built from ``config``; requests in flight keep the old one."""
         old = self.runtime
-        new = Runtime(config, self.session, previous=old)
+        try:
+            new = await self._build_runtime(config, previous=old)
+        except Exception as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            self._reload_rejected(ConfigError(str(exc)))
+            return
         if old.prober.first_round_done.is_set():
             new.prober.first_round_done.set()
         new.start()
         self._runtime = new
         self.metrics.config_reloads.labels("applied").inc()
         await old.stop()
+
+    async def semantic_assets(self, config: MixrouteConfig | None = None) -> SemanticAssets:
+        """The embedding engine and heads, loaded on first use and reused across reloads."""
+        config = config or self.runtime.config
+        async with self._assets_lock:
+            current = self._assets
+            if current is not None and current.fits(config.semantic.embedding, config.signals):
+                return current
+            fresh = await asyncio.to_thread(load_assets, config.semantic.embedding, config.signals)
+            self._assets = fresh
+            if current is not None:
+                current.close()
+            return fresh
+
+    async def _build_runtime(self, config: MixrouteConfig, previous: Runtime | None) -> Runtime:
+        runtime = Runtime(config, self.session, previous=previous)
+        if config.semantic_enabled():
+            assets = await self.semantic_assets(config)
+            runtime.router = await SemanticRouter.build(config, assets.engine, assets.domain_head)
+        return runtime
 
     def _reload_rejected(self, error: ConfigError) -> None:
         self.metrics.config_reloads.labels("rejected").inc()

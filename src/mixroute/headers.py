@@ -16,7 +16,14 @@ BLOCKED = "x-mixroute-blocked"
 ATTEMPTS = "x-mixroute-attempts"
 FALLBACK = "x-mixroute-fallback"
 REQUEST_ID = "x-request-id"
+TOOLS = "x-mixroute-tools"  # kept/total tools after tool selection
 WORKER = "x-mixroute-worker"  # debug only: the pid of the worker process that answered
+
+# Debug response headers (only with x-mixroute-debug: 1).
+DEBUG_CANDIDATES = "x-mixroute-candidates"
+DEBUG_ROUTE_SCORE = "x-mixroute-route-score"
+DEBUG_MATCHED = "x-mixroute-matched-routes"
+DEBUG_DECISION_MS = "x-mixroute-decision-ms"
 
 # Request headers understood by the gateway.
 CACHE_CONTROL = "x-mixroute-cache-control"

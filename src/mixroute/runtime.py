@@ -7,13 +7,16 @@ breakers, counters) is carried from the old runtime to the new one by endpoint n
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 
 from mixroute.balancer.health import HealthProber
 from mixroute.balancer.policies import RoutingPolicy, build_policy
 from mixroute.balancer.registry import EndpointRegistry
 from mixroute.config.schema import MixrouteConfig
-from mixroute.context import Decision
+from mixroute.context import Decision, RequestContext
+from mixroute.semantic.router import SemanticRouter
 
 
 class Runtime:
@@ -37,6 +40,7 @@ class Runtime:
             name = settings.policy if settings and settings.policy else config.balancer.policy
             self._policies[model] = build_policy(name, config.balancer.session)
         self.prober = HealthProber(self.registry, config.balancer.health, session)
+        self.router: SemanticRouter | None = None
 
     def start(self) -> None:
         self.prober.start()
@@ -52,6 +56,19 @@ class Runtime:
         if self.registry.for_model(requested):
             return requested
         return self._aliases.get(requested)
+
+    def has_available_endpoint(self, model: str) -> bool:
+        now = time.monotonic()
+        return any(e.is_available(now) for e in self.registry.for_model(model))
+
+    def pick_endpoint(self, model: str) -> str | None:
+        """Pick-only: the endpoint a request for ``model`` would go to now, by name."""
+        now = time.monotonic()
+        candidates = [e for e in self.registry.for_model(model) if e.is_available(now)]
+        if not candidates:
+            return None
+        ctx = RequestContext("dry-run", "", model, model, {}, b"", False)
+        return self.policy_for(model).pick(candidates, ctx).name
 
     def policy_for(self, model: str) -> RoutingPolicy:
         return self._policies[model]

@@ -33,6 +33,10 @@ PASSTHROUGH_PATHS = (
 )
 
 
+# Non-inference paths whose text can be classified for MoM/auto.
+ROUTED_PATHS = ("/v1/responses", "/v1/messages")
+
+
 def request_id_for(request: web.Request) -> str:
     given = request.headers.get(h.REQUEST_ID)
     if given and len(given) <= 128 and given.isprintable():
@@ -77,7 +81,7 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
     ctx.response_headers[h.REQUEST_ID] = request_id
     if ctx.debug:
         ctx.response_headers[h.WORKER] = str(os.getpid())
-    _choose_model(ctx, runtime, kind, request.content_type)
+    await _choose_model(ctx, runtime, kind, request.content_type)
     ctx.session_key = _session_key(request, body, runtime)
     return await gateway.forwarder.forward(request, ctx, runtime)
 
@@ -91,7 +95,9 @@ def _parse(raw: bytes, kind: str, content_type: str) -> dict[str, Any]:
     return parse_json_body(raw, kind)
 
 
-def _choose_model(ctx: RequestContext, runtime: Runtime, kind: str, content_type: str) -> None:
+async def _choose_model(
+    ctx: RequestContext, runtime: Runtime, kind: str, content_type: str
+) -> None:
     if runtime.is_auto(ctx.requested_model):
         if kind == "embeddings":
             raise bad_request(
@@ -106,6 +112,9 @@ def _choose_model(ctx: RequestContext, runtime: Runtime, kind: str, content_type
                 param="model",
                 code="auto_model_not_supported",
             )
+        if runtime.router is not None and (kind != "other" or ctx.path in ROUTED_PATHS):
+            await _route_semantically(ctx, runtime, kind)
+            return
         decision = runtime.decide_auto()
         if decision is None:
             raise bad_request(
@@ -120,6 +129,38 @@ def _choose_model(ctx: RequestContext, runtime: Runtime, kind: str, content_type
         raise model_not_found(ctx.requested_model)
     ctx.model = model
     ctx.response_headers[h.MODEL] = model
+
+
+async def _route_semantically(ctx: RequestContext, runtime: Runtime, kind: str) -> None:
+    router = runtime.router
+    assert router is not None
+    outcome = await router.decide(kind, ctx.path, ctx.body, runtime.has_available_endpoint)
+    if outcome.model is None:
+        raise bad_request(
+            f"No route matched and routing.default_model is not set for `{ctx.requested_model}`.",
+            param="model",
+            code="no_route",
+        )
+    await router.apply(outcome, ctx.path, ctx.body)
+    signals = outcome.signals
+    decision = Decision(
+        model=outcome.model,
+        route=outcome.route_name,
+        category=signals.category,
+        confidence=signals.confidence,
+        reasoning=outcome.reasoning,
+    )
+    _apply_decision(ctx, decision)
+    headers = ctx.response_headers
+    if outcome.skipped:
+        headers[h.FALLBACK] = ",".join(f"{m}={why}" for m, why in outcome.skipped)
+    if outcome.tools is not None:
+        headers[h.TOOLS] = outcome.tools.header()
+    if ctx.debug:
+        headers[h.DEBUG_CANDIDATES] = ",".join(f"{m}={s:.3f}" for m, s in outcome.candidates)
+        headers[h.DEBUG_ROUTE_SCORE] = f"{outcome.route_strength:.3f}"
+        headers[h.DEBUG_MATCHED] = ",".join(outcome.matched_routes)
+        headers[h.DEBUG_DECISION_MS] = f"{outcome.elapsed_ms:.2f}"
 
 
 def _apply_decision(ctx: RequestContext, decision: Decision) -> None:

@@ -54,6 +54,13 @@ def parse_json_body(raw: bytes, kind: str) -> dict[str, Any]:
 
 
 def check_body(body: dict[str, Any], kind: str) -> None:
+    """``kind``: chat, completions, embeddings, other; ``route`` is a chat body whose model is
+    optional (the dry run decides it); ``api`` is any JSON object."""
+    if kind == "api":
+        return
+    if kind == "route":
+        kind = "chat"
+        body.setdefault("model", "MoM")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("`model` is required and must be a non-empty string.", param="model")

@@ -66,7 +66,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         given = error.get("input")
         quiet = error["type"] in ("missing", "value_error") or isinstance(given, dict | list)
         shown = "" if quiet else f" (got {given!r})"
-        lines.append(f"  {path or '(top level)'}: {message}{shown}")
+        lines.append(f"  {path}: {message}{shown}" if path else f"  {message}{shown}")
     return "\n".join(lines)
 
 

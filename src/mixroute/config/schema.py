@@ -6,7 +6,8 @@ and the runtime is built from it; no other module reads YAML or environment vari
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -82,9 +83,23 @@ class EndpointConfig(StrictModel):
         return self.served_model or self.model
 
 
+class PricingConfig(StrictModel):
+    prompt_per_million: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    completion_per_million: float = Field(0.0, ge=0)
+
+    @property
+    def blended(self) -> float:
+        return self.prompt_per_million + self.completion_per_million
+
+
 class ModelConfig(StrictModel):
     aliases: list[str] = Field(default_factory=list)
     policy: PolicyName | None = Field(None, description="Overrides balancer.policy.")
+    reasoning_family: Literal["qwen3", "deepseek", "gpt-oss"] | None = Field(
+        None, description="How this model's reasoning switch is spelled in a request."
+    )
+    context_length: int | None = Field(None, gt=0, description="Prompt + output tokens.")
+    pricing: PricingConfig | None = None
 
 
 class HealthCheckConfig(StrictModel):
@@ -134,6 +149,223 @@ class RoutingConfig(StrictModel):
     )
 
 
+DOMAIN_LABELS = (
+    "biology",
+    "business",
+    "chemistry",
+    "computer science",
+    "economics",
+    "engineering",
+    "health",
+    "history",
+    "law",
+    "math",
+    "philosophy",
+    "physics",
+    "psychology",
+    "other",
+)
+
+
+class CustomEmbeddingModelConfig(StrictModel):
+    name: str
+    onnx: str = Field(description="Path of a BERT-style ONNX model.")
+    tokenizer: str = Field(description="Path of its tokenizer.json.")
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    max_tokens: int = Field(256, gt=0)
+
+
+class EmbeddingConfig(StrictModel):
+    model: Literal["builtin"] | CustomEmbeddingModelConfig = "builtin"
+    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads.")
+    cache_size: int = Field(4096, ge=0, description="Recent texts whose vectors are kept.")
+
+
+class ConversationConfig(StrictModel):
+    """Which text the signals read (see docs/routing.md, "What is classified")."""
+
+    user_turns: int = Field(3, ge=1, le=20, description="Most recent user turns considered.")
+    followup_max_tokens: int = Field(
+        24,
+        ge=0,
+        description="A last user turn shorter than this is a follow-up: earlier "
+        "user turns are classified with it.",
+    )
+
+
+class DomainSignalConfig(StrictModel):
+    threshold: float = Field(0.5, ge=0, le=1, description="Calibrated confidence needed.")
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    head: str | None = Field(None, description="A head .npz trained with `mixroute train`.")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_categories(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(DOMAIN_LABELS))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; expected some of {DOMAIN_LABELS}")
+        return value
+
+
+class KeywordSignalConfig(StrictModel):
+    name: str
+    terms: list[str] = Field(
+        default_factory=list,
+        description="Words or phrases, matched case-insensitively on word boundaries.",
+    )
+    regex: list[str] = Field(default_factory=list)
+    match: Literal["any", "all"] = "any"
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> KeywordSignalConfig:
+        if not self.terms and not self.regex:
+            raise ValueError("a keyword signal needs terms or regex")
+        for pattern in self.regex:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"regex {pattern!r} does not compile: {exc}") from exc
+        return self
+
+
+class EmbeddingSignalConfig(StrictModel):
+    name: str
+    candidates: list[str] = Field(min_length=1)
+    threshold: float = Field(0.5, ge=-1, le=1)
+
+
+class ContextSignalConfig(StrictModel):
+    name: str
+    min_tokens: int = Field(0, ge=0)
+    max_tokens: int | None = Field(None, gt=0)
+
+
+class CategorySignalConfig(StrictModel):
+    """A user-defined category: a description and example prompts, no retraining."""
+
+    name: str
+    description: str = ""
+    examples: list[str] = Field(min_length=1)
+    threshold: float = Field(0.5, ge=-1, le=1)
+
+
+class SignalsConfig(StrictModel):
+    domain: DomainSignalConfig = Field(default_factory=DomainSignalConfig)
+    keywords: list[KeywordSignalConfig] = Field(default_factory=list)
+    embeddings: list[EmbeddingSignalConfig] = Field(default_factory=list)
+    context: list[ContextSignalConfig] = Field(default_factory=list)
+    categories: list[CategorySignalConfig] = Field(default_factory=list)
+
+    def names(self) -> dict[str, set[str]]:
+        return {
+            "keyword": {s.name for s in self.keywords},
+            "embedding": {s.name for s in self.embeddings},
+            "context": {s.name for s in self.context},
+            "category": {s.name for s in self.categories},
+        }
+
+
+class Condition(StrictModel):
+    """One node of a route's rule: exactly one signal match or one of all / any / not."""
+
+    domain: str | None = None
+    keyword: str | None = None
+    embedding: str | None = None
+    context: str | None = None
+    category: str | None = None
+    all: list[Condition] | None = None
+    any: list[Condition] | None = None
+    not_: Condition | None = Field(None, alias="not")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Condition:
+        given = [
+            k
+            for k in ("domain", "keyword", "embedding", "context", "category", "all", "any", "not_")
+            if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "a condition has exactly one of domain, keyword, embedding, context, category, "
+                f"all, any, not (got {[g.rstrip('_') for g in given] or 'none'})"
+            )
+        if self.domain is not None and self.domain not in DOMAIN_LABELS:
+            raise ValueError(f"domain {self.domain!r} is not one of {DOMAIN_LABELS}")
+        for branch in (self.all, self.any):
+            if branch is not None and not branch:
+                raise ValueError("all/any need at least one condition")
+        return self
+
+    def references(self) -> list[tuple[str, str]]:
+        """Every (signal kind, name) this condition reads, recursively."""
+        found = [
+            (kind, getattr(self, kind))
+            for kind in ("keyword", "embedding", "context", "category")
+            if getattr(self, kind) is not None
+        ]
+        for child in [*(self.all or []), *(self.any or []), *([self.not_] if self.not_ else [])]:
+            found.extend(child.references())
+        return found
+
+
+class CandidateModel(StrictModel):
+    model: str
+    score: float = Field(1.0, ge=0, le=1)
+
+
+class ReasoningConfig(StrictModel):
+    enabled: bool
+    effort: Literal["low", "medium", "high"] = "medium"
+
+
+class SystemPromptConfig(StrictModel):
+    text: str = Field(min_length=1)
+    mode: Literal["insert", "replace"] = "insert"
+
+
+class ToolSelectionConfig(StrictModel):
+    enabled: bool = False
+    top_k: int = Field(5, ge=1)
+    threshold: float = Field(
+        0.2, ge=-1, le=1, description="Similarity a tool needs beyond the floor."
+    )
+    min_keep: int = Field(2, ge=1, description="Floor: the best tools kept whatever their score.")
+    catalogue: list[dict[str, Any]] = Field(
+        default_factory=list, description="OpenAI tool definitions that may be added when relevant."
+    )
+
+
+class RouteConfig(StrictModel):
+    name: str = Field(min_length=1)
+    priority: int = 0
+    when: Condition | None = Field(
+        None, description="Omitted: a catch-all that matches every request (give it the "
+        "lowest priority)."
+    )
+    models: list[CandidateModel] = Field(min_length=1)
+    cost_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="0 ignores prices; 1 lets the "
+        "cheapest candidate win unless scores differ a lot.",
+    )
+    reasoning: ReasoningConfig | None = None
+    system_prompt: SystemPromptConfig | None = None
+    tools: ToolSelectionConfig | None = None
+
+
+class SemanticConfig(StrictModel):
+    enabled: bool | None = Field(
+        None, description="Load the embedding model; default: when routes or signals exist."
+    )
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig)
+
+
 class MixrouteConfig(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
@@ -141,6 +373,9 @@ class MixrouteConfig(StrictModel):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     balancer: BalancerConfig = Field(default_factory=BalancerConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    semantic: SemanticConfig = Field(default_factory=SemanticConfig)
+    signals: SignalsConfig = Field(default_factory=SignalsConfig)
+    routes: list[RouteConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> MixrouteConfig:
@@ -174,7 +409,45 @@ class MixrouteConfig(StrictModel):
                 f"routing.default_model: {default!r} is not served by any endpoint "
                 f"(served: {sorted(served)})"
             )
+        self._check_signals_and_routes(served | set(seen))
         return self
+
+    def _check_signals_and_routes(self, known_models: set[str]) -> None:
+        declared = self.signals.names()
+        for kind, items in (
+            ("keywords", self.signals.keywords),
+            ("embeddings", self.signals.embeddings),
+            ("context", self.signals.context),
+            ("categories", self.signals.categories),
+        ):
+            names = [item.name for item in items]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"signals.{kind}: duplicate names {repeated}")
+        route_names = [r.name for r in self.routes]
+        repeated = sorted({n for n in route_names if route_names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"routes: duplicate route names {repeated}")
+        for index, route in enumerate(self.routes):
+            where = f"routes[{index}] ({route.name})"
+            for kind, name in route.when.references() if route.when else []:
+                if name not in declared[kind]:
+                    raise ValueError(
+                        f"{where}.when: unknown {kind} signal {name!r}; declared: "
+                        f"{sorted(declared[kind]) or 'none'} (this route could never match)"
+                    )
+            for candidate in route.models:
+                if candidate.model not in known_models:
+                    raise ValueError(
+                        f"{where}.models: {candidate.model!r} is not served by any endpoint "
+                        f"(served: {sorted(known_models)})"
+                    )
+
+    def semantic_enabled(self) -> bool:
+        if self.semantic.enabled is not None:
+            return self.semantic.enabled
+        signals = self.signals
+        return bool(self.routes or signals.keywords or signals.embeddings or signals.categories)
 
     def served_models(self) -> set[str]:
         return {e.model for e in self.endpoints}

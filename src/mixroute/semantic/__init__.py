@@ -1,0 +1,1 @@
+"""Which model: one embedding per request, signals that share it, and the decision engine."""
