@@ -109,7 +109,25 @@ async def stop_simulators(simulators: list[Simulator]) -> None:
             await sim.process.wait()
 
 
-def demo_config(simulators: list[Simulator]) -> dict[str, Any]:
+CREATIVE_EXAMPLES = [
+    "Write a poem about the sea at night",
+    "Tell me a short story about a dragon who is afraid of heights",
+    "Compose song lyrics about leaving home",
+    "Write a haiku about autumn leaves",
+    "Give me a funny limerick about a cat",
+    "Draft the opening scene of a mystery novel set in Venice",
+    "Invent a bedtime story for a five-year-old",
+    "Write a sonnet for my wife's birthday",
+]
+
+CODE_TERMS = [
+    "python", "javascript", "typescript", "rust", "golang", "java", "c++", "sql", "bash",
+    "function", "compile", "compiler", "stack trace", "traceback", "segfault", "regex",
+    "unit test", "refactor", "git", "dockerfile", "kubernetes yaml", "api endpoint",
+]
+
+
+def demo_config(simulators: list[Simulator], head: str | None = None) -> dict[str, Any]:
     """The showcase config: every capability adds its part here."""
     return {
         "server": {"reload_interval_s": 1.0},
@@ -117,12 +135,73 @@ def demo_config(simulators: list[Simulator]) -> dict[str, Any]:
             {"name": sim.name, "url": sim.url, "model": sim.model, "labels": {"pool": "demo"}}
             for sim in simulators
         ],
-        "models": {"general-llm": {"aliases": ["gpt-4o-mini"]}},
+        "models": {
+            "general-llm": {"aliases": ["gpt-4o-mini"], "reasoning_family": "qwen3",
+                            "context_length": 32768,
+                            "pricing": {"prompt_per_million": 0.1, "completion_per_million": 0.4}},
+            "math-llm": {"reasoning_family": "deepseek", "context_length": 16384,
+                         "pricing": {"prompt_per_million": 0.5, "completion_per_million": 2.0}},
+            "code-llm": {"reasoning_family": "gpt-oss", "context_length": 65536,
+                         "pricing": {"prompt_per_million": 0.3, "completion_per_million": 1.2}},
+            "creative-llm": {"context_length": 8192,
+                             "pricing": {"prompt_per_million": 0.2, "completion_per_million": 0.8}},
+        },
         "balancer": {
             "policy": "round_robin",
             "health": {"interval_s": 2.0, "timeout_s": 1.0},
         },
         "routing": {"default_model": "general-llm"},
+        "signals": {
+            "domain": {"threshold": 0.5, **({"head": head} if head else {})},
+            "keywords": [
+                {"name": "code_terms", "terms": CODE_TERMS, "regex": [r"```", r"\bdef \w+\("]},
+            ],
+            "categories": [
+                {"name": "creative_writing", "threshold": 0.55,
+                 "description": "Creative writing: poems, stories, song lyrics, jokes, scenes",
+                 "examples": CREATIVE_EXAMPLES},
+            ],
+            "context": [{"name": "long_context", "min_tokens": 6000}],
+        },
+        "routes": [
+            {"name": "math", "priority": 20, "when": {"domain": "math"},
+             "models": [{"model": "math-llm", "score": 1.0},
+                        {"model": "general-llm", "score": 0.5}],
+             "reasoning": {"enabled": True, "effort": "high"},
+             "system_prompt": {"text": "You are a careful mathematician. Reason step by step "
+                               "and state the final answer clearly."}},
+            {"name": "science", "priority": 15,
+             "when": {"any": [{"domain": "physics"}, {"domain": "chemistry"},
+                              {"domain": "engineering"}]},
+             "models": [{"model": "math-llm", "score": 0.8},
+                        {"model": "general-llm", "score": 0.7}],
+             "cost_weight": 0.3,
+             "reasoning": {"enabled": True, "effort": "medium"},
+             "system_prompt": {"text": "You are a precise scientist. Use SI units and show "
+                               "the key equations."}},
+            {"name": "code", "priority": 20,
+             "when": {"any": [{"domain": "computer science"}, {"keyword": "code_terms"}]},
+             "models": [{"model": "code-llm", "score": 1.0},
+                        {"model": "general-llm", "score": 0.4}],
+             "reasoning": {"enabled": False},
+             "system_prompt": {"text": "You are a senior software engineer. Answer with "
+                               "working, idiomatic code and explain briefly."},
+             "tools": {"enabled": True, "top_k": 4, "threshold": 0.25, "min_keep": 1}},
+            {"name": "creative", "priority": 25,
+             "when": {"all": [{"category": "creative_writing"},
+                              {"not": {"keyword": "code_terms"}}]},
+             "models": [{"model": "creative-llm", "score": 1.0},
+                        {"model": "general-llm", "score": 0.6}],
+             "system_prompt": {"text": "You are an imaginative writer with a vivid, "
+                               "original voice."}},
+            {"name": "long-context", "priority": 30, "when": {"context": "long_context"},
+             "models": [{"model": "code-llm", "score": 0.9},
+                        {"model": "general-llm", "score": 0.8}]},
+            {"name": "general", "priority": 0,
+             "models": [{"model": "general-llm", "score": 1.0}],
+             "reasoning": {"enabled": False},
+             "tools": {"enabled": True, "top_k": 5, "threshold": 0.2, "min_keep": 2}},
+        ],
     }
 
 
