@@ -304,3 +304,31 @@ async def test_route_dry_run_explains_without_calling_a_backend(gw: RunningGatew
     assert decision["request"]["messages"][0]["role"] == "system"
     assert decision["candidates"][0] == {"model": "math-llm", "score": 1.0}
     assert decision["signals"]["domain"]["math"] > 0.5
+
+
+async def test_cost_and_decision_metrics(gw: RunningGateway) -> None:
+    api = client(gw)
+    await api.chat.completions.create(
+        model="MoM", messages=[{"role": "user", "content": "Solve 2x = 10"}], max_tokens=10
+    )
+    stream = await api.chat.completions.create(
+        model="MoM",
+        messages=[{"role": "user", "content": "Solve 3x = 12"}],
+        max_tokens=10,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    [chunk async for chunk in stream]
+    async with aiohttp.ClientSession() as session, session.get(gw.url + "/metrics") as response:
+        text = await response.text()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['mixroute_tokens_total{kind="completion",model="math-llm"}'] == 20
+    cost = samples['mixroute_cost_usd_total{model="math-llm",route="math"}']
+    prompt = samples['mixroute_tokens_total{kind="prompt",model="math-llm"}']
+    assert cost == pytest.approx((prompt * 0.5 + 20 * 2.0) / 1e6)
+    assert samples['mixroute_route_decisions_total{model="math-llm",route="math"}'] == 2
+    assert samples["mixroute_decision_duration_seconds_count"] == 2

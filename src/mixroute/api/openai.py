@@ -14,6 +14,7 @@ from mixroute.api.keys import GATEWAY
 from mixroute.api.parsing import model_from_multipart, parse_json_body, read_body
 from mixroute.context import Decision, RequestContext
 from mixroute.errors import bad_request, model_not_found
+from mixroute.observability.metrics import Metrics
 from mixroute.runtime import Runtime
 
 # Paths proxied to an endpoint of the named model without further interpretation.
@@ -81,7 +82,7 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
     ctx.response_headers[h.REQUEST_ID] = request_id
     if ctx.debug:
         ctx.response_headers[h.WORKER] = str(os.getpid())
-    await _choose_model(ctx, runtime, kind, request.content_type)
+    await _choose_model(ctx, runtime, kind, request.content_type, gateway.metrics)
     ctx.session_key = _session_key(request, body, runtime)
     return await gateway.forwarder.forward(request, ctx, runtime)
 
@@ -96,7 +97,7 @@ def _parse(raw: bytes, kind: str, content_type: str) -> dict[str, Any]:
 
 
 async def _choose_model(
-    ctx: RequestContext, runtime: Runtime, kind: str, content_type: str
+    ctx: RequestContext, runtime: Runtime, kind: str, content_type: str, metrics: Metrics
 ) -> None:
     if runtime.is_auto(ctx.requested_model):
         if kind == "embeddings":
@@ -113,7 +114,7 @@ async def _choose_model(
                 code="auto_model_not_supported",
             )
         if runtime.router is not None and (kind != "other" or ctx.path in ROUTED_PATHS):
-            await _route_semantically(ctx, runtime, kind)
+            await _route_semantically(ctx, runtime, kind, metrics)
             return
         decision = runtime.decide_auto()
         if decision is None:
@@ -131,7 +132,9 @@ async def _choose_model(
     ctx.response_headers[h.MODEL] = model
 
 
-async def _route_semantically(ctx: RequestContext, runtime: Runtime, kind: str) -> None:
+async def _route_semantically(
+    ctx: RequestContext, runtime: Runtime, kind: str, metrics: Metrics
+) -> None:
     router = runtime.router
     assert router is not None
     outcome = await router.decide(kind, ctx.path, ctx.body, runtime.has_available_endpoint)
@@ -142,6 +145,10 @@ async def _route_semantically(ctx: RequestContext, runtime: Runtime, kind: str) 
             code="no_route",
         )
     await router.apply(outcome, ctx.path, ctx.body)
+    metrics.decision_duration.observe(outcome.elapsed_ms / 1000)
+    metrics.route_decisions.labels(outcome.route_name, outcome.model).inc()
+    for model, reason in outcome.skipped:
+        metrics.model_fallbacks.labels(model, reason).inc()
     signals = outcome.signals
     decision = Decision(
         model=outcome.model,

@@ -82,5 +82,37 @@ class Metrics:
             registry=r,
         )
 
+        self.route_decisions = Counter(
+            "mixroute_route_decisions",
+            "Auto-model (MoM) decisions, by route and chosen model.",
+            ["route", "model"],
+            registry=r,
+        )
+        self.decision_duration = Histogram(
+            "mixroute_decision_duration_seconds",
+            "Time of the semantic decision (embedding, signals, rules) for one request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_fallbacks = Counter(
+            "mixroute_model_fallbacks",
+            "Candidate models skipped by a route, by reason (no_endpoint, context_length).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "mixroute_tokens",
+            "Tokens reported in upstream usage, for models with pricing, by kind "
+            "(prompt, completion).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "mixroute_cost_usd",
+            "Estimated spend from usage and the configured per-model prices.",
+            ["model", "route"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

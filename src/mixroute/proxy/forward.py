@@ -20,10 +20,12 @@ from aiohttp import web
 
 from mixroute import headers as h
 from mixroute.balancer.endpoint import Endpoint
+from mixroute.config.schema import PricingConfig
 from mixroute.context import RequestContext
 from mixroute.errors import GatewayError, no_healthy_endpoint, sse_error_event, upstream_error
 from mixroute.observability.metrics import Metrics
 from mixroute.proxy.rewrite import SSEModelRewriter, rewrite_json_model
+from mixroute.proxy.usage import StreamUsageWatcher, account, usage_from_json
 from mixroute.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,9 @@ class Forwarder:
                 failed.content_type = upstream.content_type or "application/json"
                 return failed
             if upstream.content_type == "text/event-stream":
-                return await self._relay_stream(request, ctx, endpoint, upstream, timeouts.idle_s)
+                return await self._relay_stream(
+                    request, ctx, endpoint, upstream, timeouts.idle_s, _pricing(runtime, ctx.model)
+                )
             try:
                 async with asyncio.timeout(timeouts.idle_s):
                     body = await upstream.read()
@@ -155,6 +159,9 @@ class Forwarder:
             endpoint.record_success()
             if endpoint.config.served_model and upstream.content_type == "application/json":
                 body = rewrite_json_model(body, endpoint.model)
+            pricing = _pricing(runtime, ctx.model)
+            if pricing is not None and (usage := usage_from_json(body)) is not None:
+                account(self._metrics, ctx.model, _route(ctx), pricing, usage)
             self._metrics.requests.labels(
                 ctx.model, endpoint.name, _status_class(upstream.status)
             ).inc()
@@ -184,6 +191,7 @@ class Forwarder:
         endpoint: Endpoint,
         upstream: aiohttp.ClientResponse,
         idle_s: float,
+        pricing: PricingConfig | None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=upstream.status, headers=_client_headers(upstream, ctx.response_headers)
@@ -191,6 +199,7 @@ class Forwarder:
         await response.prepare(request)
         served = endpoint.config.served_model
         rewriter = SSEModelRewriter(served, endpoint.model) if served else None
+        watcher = StreamUsageWatcher() if pricing is not None else None
         content = upstream.content
         try:
             while True:
@@ -212,7 +221,11 @@ class Forwarder:
                     if rewriter is not None and (rest := rewriter.flush()):
                         await response.write(rest)
                     endpoint.record_success()
+                    if watcher is not None and pricing is not None and watcher.usage:
+                        account(self._metrics, ctx.model, _route(ctx), pricing, watcher.usage)
                     break
+                if watcher is not None:
+                    watcher.feed(chunk)
                 if rewriter is not None:
                     chunk = rewriter.feed(chunk)
                     if not chunk:
@@ -225,6 +238,15 @@ class Forwarder:
             ctx.model, endpoint.name, _status_class(upstream.status)
         ).inc()
         return response
+
+
+def _pricing(runtime: Runtime, model: str) -> PricingConfig | None:
+    settings = runtime.config.models.get(model)
+    return settings.pricing if settings is not None else None
+
+
+def _route(ctx: RequestContext) -> str:
+    return ctx.decision.route if ctx.decision is not None else ""
 
 
 def _status_class(status: int) -> str:
