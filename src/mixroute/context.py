@@ -31,4 +31,5 @@ class RequestContext:
     session_key: str | None = None
     decision: Decision | None = None
     body_changed: bool = False
+    started: float = 0.0  # time.monotonic() when the request arrived
     response_headers: dict[str, str] = field(default_factory=dict)

@@ -62,9 +62,10 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
 
 
 async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
+    started = time.monotonic()
     gateway = request.app[GATEWAY]
     runtime = gateway.runtime
-    request_id = request.get("request_id") or request_id_for(request)
+    request_id = request_id_for(request)
     raw = await read_body(request, runtime.config.server.max_body_bytes)
     body = _parse(raw, kind, request.content_type)
     requested = body["model"]
@@ -78,6 +79,7 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
         stream=body.get("stream") is True,
         tenant=request.headers.get(h.TENANT),
         debug=request.headers.get(h.DEBUG) == "1",
+        started=started,
     )
     ctx.response_headers[h.REQUEST_ID] = request_id
     if ctx.debug:

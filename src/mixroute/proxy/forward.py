@@ -84,7 +84,8 @@ class Forwarder:
         if failure is None:
             raise no_healthy_endpoint(ctx.model)
         ctx.response_headers[h.ATTEMPTS] = str(len(tried))
-        self._metrics.requests.labels(ctx.model, "", str(failure.status or 502)).inc()
+        status = failure.error.status if failure.error is not None else failure.status
+        self._metrics.requests.labels(ctx.model, "", _status_class(status)).inc()
         return failure.response(ctx.response_headers)
 
     async def _attempt(
@@ -162,9 +163,7 @@ class Forwarder:
             pricing = _pricing(runtime, ctx.model)
             if pricing is not None and (usage := usage_from_json(body)) is not None:
                 account(self._metrics, ctx.model, _route(ctx), pricing, usage)
-            self._metrics.requests.labels(
-                ctx.model, endpoint.name, _status_class(upstream.status)
-            ).inc()
+            self._finished(ctx, endpoint, upstream.status)
             return web.Response(
                 status=upstream.status,
                 body=body,
@@ -178,6 +177,10 @@ class Forwarder:
                     upstream.close()
             endpoint.end()
             in_flight.dec()
+
+    def _finished(self, ctx: RequestContext, endpoint: Endpoint, status: int) -> None:
+        self._metrics.requests.labels(ctx.model, endpoint.name, _status_class(status)).inc()
+        self._metrics.request_duration.labels(ctx.model).observe(time.monotonic() - ctx.started)
 
     def _failed(self, endpoint: Endpoint, kind: str, error: GatewayError | None) -> FailedAttempt:
         endpoint.record_failure(kind)
@@ -234,9 +237,7 @@ class Forwarder:
             await response.write_eof()
         except _CLIENT_GONE:
             self._metrics.client_disconnects.labels(ctx.model).inc()
-        self._metrics.requests.labels(
-            ctx.model, endpoint.name, _status_class(upstream.status)
-        ).inc()
+        self._finished(ctx, endpoint, upstream.status)
         return response
 
 
