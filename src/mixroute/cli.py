@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mixroute.config.loader import ConfigError, config_from_backends, load_config_file
+from mixroute.offline_cli import add_commands as add_offline_commands
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_arguments(sim)
 
+    add_offline_commands(commands)
+
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate a config file")
@@ -61,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mixroute.sim.cli import run
 
             return run(args)
+        if getattr(args, "handler", None) is not None:
+            code: int = args.handler(args)
+            return code
         if args.command == "config":
             config = load_config_file(args.file)
             print(

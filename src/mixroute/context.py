@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(slots=True)
@@ -15,6 +18,18 @@ class Decision:
     category: str
     confidence: float
     reasoning: bool = False
+
+
+class ResponseTap(Protocol):
+    """Sees an answer as it passes (the cache uses it to capture complete answers)."""
+
+    def on_body(self, status: int, body: bytes) -> None: ...
+
+    def on_chunk(self, chunk: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+    def on_stream_end(self, complete: bool) -> None: ...
 
 
 @dataclass(slots=True)
@@ -32,4 +47,8 @@ class RequestContext:
     decision: Decision | None = None
     body_changed: bool = False
     started: float = 0.0  # time.monotonic() when the request arrived
+    route: Any = None  # the RouteConfig that decided, for auto requests
+    classified_text: str | None = None
+    vector: npt.NDArray[np.float32] | None = None  # the request's one embedding, when made
+    tap: ResponseTap | None = None
     response_headers: dict[str, str] = field(default_factory=dict)

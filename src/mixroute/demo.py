@@ -121,9 +121,28 @@ CREATIVE_EXAMPLES = [
 ]
 
 CODE_TERMS = [
-    "python", "javascript", "typescript", "rust", "golang", "java", "c++", "sql", "bash",
-    "function", "compile", "compiler", "stack trace", "traceback", "segfault", "regex",
-    "unit test", "refactor", "git", "dockerfile", "kubernetes yaml", "api endpoint",
+    "python",
+    "javascript",
+    "typescript",
+    "rust",
+    "golang",
+    "java",
+    "c++",
+    "sql",
+    "bash",
+    "function",
+    "compile",
+    "compiler",
+    "stack trace",
+    "traceback",
+    "segfault",
+    "regex",
+    "unit test",
+    "refactor",
+    "git",
+    "dockerfile",
+    "kubernetes yaml",
+    "api endpoint",
 ]
 
 
@@ -136,15 +155,26 @@ def demo_config(simulators: list[Simulator], head: str | None = None) -> dict[st
             for sim in simulators
         ],
         "models": {
-            "general-llm": {"aliases": ["gpt-4o-mini"], "reasoning_family": "qwen3",
-                            "context_length": 32768,
-                            "pricing": {"prompt_per_million": 0.1, "completion_per_million": 0.4}},
-            "math-llm": {"reasoning_family": "deepseek", "context_length": 16384,
-                         "pricing": {"prompt_per_million": 0.5, "completion_per_million": 2.0}},
-            "code-llm": {"reasoning_family": "gpt-oss", "context_length": 65536,
-                         "pricing": {"prompt_per_million": 0.3, "completion_per_million": 1.2}},
-            "creative-llm": {"context_length": 8192,
-                             "pricing": {"prompt_per_million": 0.2, "completion_per_million": 0.8}},
+            "general-llm": {
+                "aliases": ["gpt-4o-mini"],
+                "reasoning_family": "qwen3",
+                "context_length": 32768,
+                "pricing": {"prompt_per_million": 0.1, "completion_per_million": 0.4},
+            },
+            "math-llm": {
+                "reasoning_family": "deepseek",
+                "context_length": 16384,
+                "pricing": {"prompt_per_million": 0.5, "completion_per_million": 2.0},
+            },
+            "code-llm": {
+                "reasoning_family": "gpt-oss",
+                "context_length": 65536,
+                "pricing": {"prompt_per_million": 0.3, "completion_per_million": 1.2},
+            },
+            "creative-llm": {
+                "context_length": 8192,
+                "pricing": {"prompt_per_million": 0.2, "completion_per_million": 0.8},
+            },
         },
         "balancer": {
             "policy": "round_robin",
@@ -157,50 +187,95 @@ def demo_config(simulators: list[Simulator], head: str | None = None) -> dict[st
                 {"name": "code_terms", "terms": CODE_TERMS, "regex": [r"```", r"\bdef \w+\("]},
             ],
             "categories": [
-                {"name": "creative_writing", "threshold": 0.55,
-                 "description": "Creative writing: poems, stories, song lyrics, jokes, scenes",
-                 "examples": CREATIVE_EXAMPLES},
+                {
+                    "name": "creative_writing",
+                    "threshold": 0.55,
+                    "description": "Creative writing: poems, stories, song lyrics, jokes, scenes",
+                    "examples": CREATIVE_EXAMPLES,
+                },
             ],
             "context": [{"name": "long_context", "min_tokens": 6000}],
         },
         "routes": [
-            {"name": "math", "priority": 20, "when": {"domain": "math"},
-             "models": [{"model": "math-llm", "score": 1.0},
-                        {"model": "general-llm", "score": 0.5}],
-             "reasoning": {"enabled": True, "effort": "high"},
-             "system_prompt": {"text": "You are a careful mathematician. Reason step by step "
-                               "and state the final answer clearly."}},
-            {"name": "science", "priority": 15,
-             "when": {"any": [{"domain": "physics"}, {"domain": "chemistry"},
-                              {"domain": "engineering"}]},
-             "models": [{"model": "math-llm", "score": 0.8},
-                        {"model": "general-llm", "score": 0.7}],
-             "cost_weight": 0.3,
-             "reasoning": {"enabled": True, "effort": "medium"},
-             "system_prompt": {"text": "You are a precise scientist. Use SI units and show "
-                               "the key equations."}},
-            {"name": "code", "priority": 20,
-             "when": {"any": [{"domain": "computer science"}, {"keyword": "code_terms"}]},
-             "models": [{"model": "code-llm", "score": 1.0},
-                        {"model": "general-llm", "score": 0.4}],
-             "reasoning": {"enabled": False},
-             "system_prompt": {"text": "You are a senior software engineer. Answer with "
-                               "working, idiomatic code and explain briefly."},
-             "tools": {"enabled": True, "top_k": 4, "threshold": 0.25, "min_keep": 1}},
-            {"name": "creative", "priority": 25,
-             "when": {"all": [{"category": "creative_writing"},
-                              {"not": {"keyword": "code_terms"}}]},
-             "models": [{"model": "creative-llm", "score": 1.0},
-                        {"model": "general-llm", "score": 0.6}],
-             "system_prompt": {"text": "You are an imaginative writer with a vivid, "
-                               "original voice."}},
-            {"name": "long-context", "priority": 30, "when": {"context": "long_context"},
-             "models": [{"model": "code-llm", "score": 0.9},
-                        {"model": "general-llm", "score": 0.8}]},
-            {"name": "general", "priority": 0,
-             "models": [{"model": "general-llm", "score": 1.0}],
-             "reasoning": {"enabled": False},
-             "tools": {"enabled": True, "top_k": 5, "threshold": 0.2, "min_keep": 2}},
+            {
+                "name": "math",
+                "priority": 20,
+                "when": {"domain": "math"},
+                "models": [
+                    {"model": "math-llm", "score": 1.0},
+                    {"model": "general-llm", "score": 0.5},
+                ],
+                "reasoning": {"enabled": True, "effort": "high"},
+                "system_prompt": {
+                    "text": "You are a careful mathematician. Reason step by step "
+                    "and state the final answer clearly."
+                },
+            },
+            {
+                "name": "science",
+                "priority": 15,
+                "when": {
+                    "any": [
+                        {"domain": "physics"},
+                        {"domain": "chemistry"},
+                        {"domain": "engineering"},
+                    ]
+                },
+                "models": [
+                    {"model": "math-llm", "score": 0.8},
+                    {"model": "general-llm", "score": 0.7},
+                ],
+                "cost_weight": 0.3,
+                "reasoning": {"enabled": True, "effort": "medium"},
+                "system_prompt": {
+                    "text": "You are a precise scientist. Use SI units and show the key equations."
+                },
+            },
+            {
+                "name": "code",
+                "priority": 20,
+                "when": {"any": [{"domain": "computer science"}, {"keyword": "code_terms"}]},
+                "models": [
+                    {"model": "code-llm", "score": 1.0},
+                    {"model": "general-llm", "score": 0.4},
+                ],
+                "reasoning": {"enabled": False},
+                "system_prompt": {
+                    "text": "You are a senior software engineer. Answer with "
+                    "working, idiomatic code and explain briefly."
+                },
+                "tools": {"enabled": True, "top_k": 4, "threshold": 0.25, "min_keep": 1},
+            },
+            {
+                "name": "creative",
+                "priority": 25,
+                "when": {
+                    "all": [{"category": "creative_writing"}, {"not": {"keyword": "code_terms"}}]
+                },
+                "models": [
+                    {"model": "creative-llm", "score": 1.0},
+                    {"model": "general-llm", "score": 0.6},
+                ],
+                "system_prompt": {
+                    "text": "You are an imaginative writer with a vivid, original voice."
+                },
+            },
+            {
+                "name": "long-context",
+                "priority": 30,
+                "when": {"context": "long_context"},
+                "models": [
+                    {"model": "code-llm", "score": 0.9},
+                    {"model": "general-llm", "score": 0.8},
+                ],
+            },
+            {
+                "name": "general",
+                "priority": 0,
+                "models": [{"model": "general-llm", "score": 1.0}],
+                "reasoning": {"enabled": False},
+                "tools": {"enabled": True, "top_k": 5, "threshold": 0.2, "min_keep": 2},
+            },
         ],
     }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from mixroute.cache.service import CacheService
 from mixroute.config.loader import ConfigError
 from mixroute.config.schema import MixrouteConfig
 from mixroute.config.watcher import ConfigWatcher
@@ -34,6 +35,7 @@ class Gateway:
         self._forwarder: Forwarder | None = None
         self._watcher: ConfigWatcher | None = None
         self._assets: SemanticAssets | None = None
+        self.cache: CacheService | None = None
         self._assets_lock = asyncio.Lock()
 
     def runtime_config_max_body(self) -> int:
@@ -83,6 +85,8 @@ class Gateway:
             await self._session.close()
         if self._assets is not None:
             self._assets.close()
+        if self.cache is not None:
+            await self.cache.close()
 
     async def apply_config(self, config: MixrouteConfig) -> None:
         """Swap in a runtime built from ``config``; requests in flight keep the old one."""
@@ -118,7 +122,21 @@ class Gateway:
         if config.semantic_enabled():
             assets = await self.semantic_assets(config)
             runtime.router = await SemanticRouter.build(config, assets.engine, assets.domain_head)
+        await self._update_cache(config)
         return runtime
+
+    async def _update_cache(self, config: MixrouteConfig) -> None:
+        """Keep the cache (and its entries) across reloads unless its settings changed."""
+        if self.cache is not None and self.cache.fits(config.cache):
+            return
+        old, self.cache = self.cache, None
+        if config.cache.enabled:
+            assets = await self.semantic_assets(config)
+            self.cache = await CacheService.build(
+                config.cache, assets.engine.dimension, self.metrics
+            )
+        if old is not None:
+            await old.close()
 
     def _reload_rejected(self, error: ConfigError) -> None:
         self.metrics.config_reloads.labels("rejected").inc()

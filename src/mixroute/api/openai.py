@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from mixroute import headers as h
+from mixroute.api.caching import plan_cache, store_answer
 from mixroute.api.keys import GATEWAY
 from mixroute.api.parsing import model_from_multipart, parse_json_body, read_body
 from mixroute.context import Decision, RequestContext
@@ -86,7 +87,12 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
         ctx.response_headers[h.WORKER] = str(os.getpid())
     await _choose_model(ctx, runtime, kind, request.content_type, gateway.metrics)
     ctx.session_key = _session_key(request, body, runtime)
-    return await gateway.forwarder.forward(request, ctx, runtime)
+    plan, cached = await plan_cache(request, ctx, runtime, gateway)
+    if cached is not None:
+        return cached
+    response = await gateway.forwarder.forward(request, ctx, runtime)
+    await store_answer(plan)
+    return response
 
 
 def _parse(raw: bytes, kind: str, content_type: str) -> dict[str, Any]:
@@ -147,6 +153,9 @@ async def _route_semantically(
             code="no_route",
         )
     await router.apply(outcome, ctx.path, ctx.body)
+    ctx.route = outcome.route
+    ctx.classified_text = outcome.text
+    ctx.vector = outcome.vector
     metrics.decision_duration.observe(outcome.elapsed_ms / 1000)
     metrics.route_decisions.labels(outcome.route_name, outcome.model).inc()
     for model, reason in outcome.skipped:

@@ -338,12 +338,21 @@ class ToolSelectionConfig(StrictModel):
     )
 
 
+class RouteCacheConfig(StrictModel):
+    """Per-route cache settings; unset fields inherit the global ``cache`` section."""
+
+    enabled: bool | None = None
+    similarity_threshold: float | None = Field(None, ge=0, le=1)
+    allow_sampled: bool | None = None
+
+
 class RouteConfig(StrictModel):
     name: str = Field(min_length=1)
     priority: int = 0
     when: Condition | None = Field(
-        None, description="Omitted: a catch-all that matches every request (give it the "
-        "lowest priority)."
+        None,
+        description="Omitted: a catch-all that matches every request (give it the "
+        "lowest priority).",
     )
     models: list[CandidateModel] = Field(min_length=1)
     cost_weight: float = Field(
@@ -356,6 +365,7 @@ class RouteConfig(StrictModel):
     reasoning: ReasoningConfig | None = None
     system_prompt: SystemPromptConfig | None = None
     tools: ToolSelectionConfig | None = None
+    cache: RouteCacheConfig | None = None
 
 
 class SemanticConfig(StrictModel):
@@ -364,6 +374,64 @@ class SemanticConfig(StrictModel):
     )
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     conversation: ConversationConfig = Field(default_factory=ConversationConfig)
+
+
+class PgvectorConfig(StrictModel):
+    dsn: str = Field(description="postgresql:// URI; the role needs CREATE on first use.")
+    table: str = Field("mixroute_cache", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    pool_size: int = Field(4, ge=1, le=64)
+
+
+class CacheConfig(StrictModel):
+    enabled: bool = False
+    backend: Literal["memory", "pgvector"] = "memory"
+    max_entries: int = Field(10_000, ge=1)
+    ttl_s: float = Field(3600.0, gt=0)
+    similarity_threshold: float = Field(0.92, ge=0, le=1)
+    second_check: bool = Field(
+        True, description="Numbers, entities, negation, units and code language must agree."
+    )
+    turns: int = Field(
+        3,
+        ge=1,
+        le=50,
+        description="Conversation turns (of any role) before the last user "
+        "turn that must match exactly.",
+    )
+    sampling_params: list[str] = Field(
+        default_factory=lambda: [
+            "temperature",
+            "top_p",
+            "top_k",
+            "max_tokens",
+            "max_completion_tokens",
+            "seed",
+            "stop",
+            "presence_penalty",
+            "frequency_penalty",
+            "n",
+            "response_format",
+            "logit_bias",
+            "reasoning_effort",
+            "chat_template_kwargs",
+        ],
+        description="Request fields that change the answer and so are part of the key.",
+    )
+    allow_sampled: bool = Field(
+        True, description="Serve requests with temperature > 0 (or unset) from the cache."
+    )
+    store_tool_calls: bool = False
+    hnsw_above: int = Field(
+        20_000, ge=1, description="A scope with more entries than this uses an HNSW index."
+    )
+    hnsw_ef_search: int = Field(64, ge=1)
+    pgvector: PgvectorConfig | None = None
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> CacheConfig:
+        if self.backend == "pgvector" and self.pgvector is None:
+            raise ValueError("backend 'pgvector' needs cache.pgvector.dsn")
+        return self
 
 
 class MixrouteConfig(StrictModel):
@@ -376,6 +444,7 @@ class MixrouteConfig(StrictModel):
     semantic: SemanticConfig = Field(default_factory=SemanticConfig)
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     routes: list[RouteConfig] = Field(default_factory=list)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> MixrouteConfig:
@@ -447,7 +516,13 @@ class MixrouteConfig(StrictModel):
         if self.semantic.enabled is not None:
             return self.semantic.enabled
         signals = self.signals
-        return bool(self.routes or signals.keywords or signals.embeddings or signals.categories)
+        return bool(
+            self.routes
+            or signals.keywords
+            or signals.embeddings
+            or signals.categories
+            or self.cache.enabled
+        )
 
     def served_models(self) -> set[str]:
         return {e.model for e in self.endpoints}

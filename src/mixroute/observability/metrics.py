@@ -114,5 +114,30 @@ class Metrics:
             registry=r,
         )
 
+        self.cache_lookups = Counter(
+            "mixroute_cache_lookups",
+            "Semantic cache lookups, by result (hit, miss, bypass).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_lookup_duration = Histogram(
+            "mixroute_cache_lookup_seconds",
+            "Cache lookup time (exact path and vector search; the embedding is not included).",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=r,
+        )
+        self.cache_stores = Counter(
+            "mixroute_cache_stores", "Complete answers written to the cache.", registry=r
+        )
+        self.cache_entries = Gauge(
+            "mixroute_cache_entries", "Entries in the cache (this process's view).", registry=r
+        )
+        self.cache_evictions = Counter(
+            "mixroute_cache_evictions",
+            "Entries removed, by reason (lru, ttl).",
+            ["reason"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

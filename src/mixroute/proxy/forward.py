@@ -160,6 +160,8 @@ class Forwarder:
             endpoint.record_success()
             if endpoint.config.served_model and upstream.content_type == "application/json":
                 body = rewrite_json_model(body, endpoint.model)
+            if ctx.tap is not None:
+                ctx.tap.on_body(upstream.status, body)
             pricing = _pricing(runtime, ctx.model)
             if pricing is not None and (usage := usage_from_json(body)) is not None:
                 account(self._metrics, ctx.model, _route(ctx), pricing, usage)
@@ -223,6 +225,10 @@ class Forwarder:
                 if not chunk:
                     if rewriter is not None and (rest := rewriter.flush()):
                         await response.write(rest)
+                    if ctx.tap is not None:
+                        if rest := ctx.tap.flush():
+                            await response.write(rest)
+                        ctx.tap.on_stream_end(complete=True)
                     endpoint.record_success()
                     if watcher is not None and pricing is not None and watcher.usage:
                         account(self._metrics, ctx.model, _route(ctx), pricing, watcher.usage)
@@ -231,9 +237,10 @@ class Forwarder:
                     watcher.feed(chunk)
                 if rewriter is not None:
                     chunk = rewriter.feed(chunk)
-                    if not chunk:
-                        continue
-                await response.write(chunk)
+                if ctx.tap is not None:
+                    chunk = ctx.tap.on_chunk(chunk)
+                if chunk:
+                    await response.write(chunk)
             await response.write_eof()
         except _CLIENT_GONE:
             self._metrics.client_disconnects.labels(ctx.model).inc()

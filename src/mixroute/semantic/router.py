@@ -41,6 +41,7 @@ class RoutingOutcome:
     route_strength: float
     signals: SignalResults
     vector: Vector
+    text: str = ""
     candidates: list[tuple[str, float]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     matched_routes: list[str] = field(default_factory=list)

@@ -65,7 +65,9 @@ def check_split(name: str, rows: list[dict], errors: list[str]) -> None:
     for i, row in enumerate(rows):
         want = "dev" if i < n_dev else "test"
         if row.get("split") != want:
-            errors.append(f"{name}:{row['_line']}: split is {row.get('split')!r}, expected {want!r}")
+            errors.append(
+                f"{name}:{row['_line']}: split is {row.get('split')!r}, expected {want!r}"
+            )
 
 
 def check_ids(name: str, rows: list[dict], prefix: str, errors: list[str]) -> None:
@@ -107,7 +109,9 @@ def main() -> int:
             errors.append(f"{where}: texts must be a list of 3 to 5 strings")
             continue
         if not all(text_ok(t) for t in texts):
-            errors.append(f"{where}: every text must be a non-empty string without outer whitespace")
+            errors.append(
+                f"{where}: every text must be a non-empty string without outer whitespace"
+            )
             continue
         numbers = {tuple(sorted(NUM_RE.findall(t))) for t in texts}
         if len(numbers) > 1:
@@ -149,7 +153,9 @@ def main() -> int:
         errors.append(f"near_misses.jsonl: {len(pairs)} pairs, need at least {MIN_PAIRS}")
     for kind, c in kind_splits.items():
         if sum(c.values()) < MIN_PER_KIND:
-            errors.append(f"near_misses.jsonl: kind {kind!r} has {sum(c.values())} pairs, need {MIN_PER_KIND}")
+            errors.append(
+                f"near_misses.jsonl: kind {kind!r} has {sum(c.values())} pairs, need {MIN_PER_KIND}"
+            )
         if not (c["dev"] and c["test"]):
             errors.append(f"near_misses.jsonl: kind {kind!r} missing from a split: {dict(c)}")
     for topic, c in topic_splits.items():

@@ -1,0 +1,1 @@
+"""The semantic cache: keys, the second check, backends, and replay of stored answers."""

@@ -1,0 +1,78 @@
+"""The cache as the request path sees it: per-route settings, lookup, store, metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from mixroute.cache.key import CacheRequest
+from mixroute.cache.memory import MemoryCache
+from mixroute.cache.pgvector import PgvectorCache
+from mixroute.cache.store import CachedAnswer, CacheHit, SemanticCache
+from mixroute.config.schema import CacheConfig, RouteConfig
+from mixroute.observability.metrics import Metrics
+from mixroute.semantic.embedding import Vector
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    enabled: bool
+    threshold: float
+    allow_sampled: bool
+
+
+class CacheService:
+    def __init__(self, settings: CacheConfig, backend: SemanticCache, metrics: Metrics) -> None:
+        self.settings = settings
+        self._backend = backend
+        self._metrics = metrics
+
+    @classmethod
+    async def build(cls, settings: CacheConfig, dimension: int, metrics: Metrics) -> CacheService:
+        backend: SemanticCache
+        if settings.backend == "pgvector":
+            backend = await PgvectorCache.connect(settings, dimension)
+        else:
+            backend = MemoryCache(
+                settings,
+                dimension,
+                on_evict=lambda reason: metrics.cache_evictions.labels(reason).inc(),
+            )
+        return cls(settings, backend, metrics)
+
+    def fits(self, settings: CacheConfig) -> bool:
+        """Whether a reloaded config can keep this cache (and its entries)."""
+        return settings == self.settings
+
+    async def close(self) -> None:
+        await self._backend.close()
+
+    def policy(self, route: RouteConfig | None) -> CachePolicy:
+        override = route.cache if route is not None else None
+        enabled = self.settings.enabled
+        threshold = self.settings.similarity_threshold
+        allow_sampled = self.settings.allow_sampled
+        if override is not None:
+            enabled = override.enabled if override.enabled is not None else enabled
+            if override.similarity_threshold is not None:
+                threshold = override.similarity_threshold
+            if override.allow_sampled is not None:
+                allow_sampled = override.allow_sampled
+        return CachePolicy(enabled, threshold, allow_sampled)
+
+    async def lookup(
+        self, request: CacheRequest, vector: Vector, threshold: float
+    ) -> CacheHit | None:
+        started = time.perf_counter()
+        hit = await self._backend.lookup(request, vector, threshold)
+        self._metrics.cache_lookup_duration.observe(time.perf_counter() - started)
+        self._metrics.cache_lookups.labels("hit" if hit else "miss").inc()
+        return hit
+
+    async def store(self, request: CacheRequest, vector: Vector, answer: CachedAnswer) -> None:
+        await self._backend.store(request, vector, answer)
+        self._metrics.cache_stores.inc()
+        self._metrics.cache_entries.set(self._backend.size())
+
+    def count_bypass(self) -> None:
+        self._metrics.cache_lookups.labels("bypass").inc()

@@ -1,0 +1,129 @@
+"""The shared cache on a real PostgreSQL + pgvector (started by the test, via pgserver),
+with two gateway processes' worth of gateways sharing it."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+import yaml
+
+from helpers import (
+    RunningGateway,
+    SimPool,
+    config_for,
+    free_port,
+    start_gateway,
+    wait_for_status,
+)
+from mixroute.cache.key import cache_request
+from mixroute.cache.pgvector import PgvectorCache
+from mixroute.cache.store import CachedAnswer
+from mixroute.config.schema import CacheConfig, PgvectorConfig
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import pgserver
+
+    server = pgserver.get_server(Path(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        with contextlib.suppress(Exception):
+            server.cleanup()
+
+
+def settings(dsn: str, table: str, **extra: object) -> CacheConfig:
+    return CacheConfig(
+        enabled=True, backend="pgvector", pgvector=PgvectorConfig(dsn=dsn, table=table), **extra
+    )
+
+
+def request_for(text: str, config: CacheConfig) -> object:
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    return cache_request(
+        body, model="m", route="", tenant=None, settings=config, allow_sampled=True, text=text
+    )
+
+
+async def test_pgvector_exact_semantic_check_and_trim(postgres: str) -> None:
+    config = settings(postgres, "unit_cache", max_entries=3)
+    cache = await PgvectorCache.connect(config, dimension=4)
+    try:
+        answer = CachedAnswer("m", "Paris", "stop", {"total_tokens": 3})
+        vector = np.array([1, 0, 0, 0], dtype=np.float32)
+        stored = request_for("capital of France", config)
+        await cache.store(stored, vector, answer)  # type: ignore[arg-type]
+        hit = await cache.lookup(stored, vector, 0.9)  # type: ignore[arg-type]
+        assert hit is not None and hit.exact and hit.answer == answer
+        close = np.array([0.99, 0.1, 0, 0], dtype=np.float32)
+        close /= np.linalg.norm(close)
+        similar = request_for("the capital of France?", config)
+        hit = await cache.lookup(similar, close, 0.9)  # type: ignore[arg-type]
+        assert hit is not None and not hit.exact and hit.similarity > 0.9
+        other = request_for("capital of Germany", config)  # second check: entity differs
+        assert await cache.lookup(other, close, 0.9) is None  # type: ignore[arg-type]
+        for index in range(5):
+            await cache.store(
+                request_for(f"question {index}", config),  # type: ignore[arg-type]
+                np.eye(4, dtype=np.float32)[index % 4],
+                answer,
+            )
+        assert await cache.maintain_once() == 3
+        assert cache.size() == 3
+    finally:
+        await cache.close()
+
+
+async def test_two_gateway_processes_share_one_cache(
+    postgres: str, sim_pool: SimPool, gateways: list[RunningGateway], tmp_path: Path
+) -> None:
+    sim = sim_pool.start("alpha", "alpha-0")
+    cache = {
+        "enabled": True,
+        "backend": "pgvector",
+        "pgvector": {"dsn": postgres, "table": "shared_cache"},
+    }
+    in_process = await start_gateway(config_for([sim], cache=cache))
+    gateways.append(in_process)
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "endpoints": [{"name": sim.name, "url": sim.url, "model": sim.model}],
+                "cache": cache,
+            }
+        )
+    )
+    port = free_port()
+    other = subprocess.Popen(
+        [sys.executable, "-m", "mixroute.cli", "serve", "--config", str(path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_status(f"http://127.0.0.1:{port}/ready", 200, timeout=120)
+        replies = []
+        for base in (in_process.v1, f"http://127.0.0.1:{port}/v1"):
+            api = openai.AsyncOpenAI(base_url=base, api_key="k", max_retries=0)
+            in_process.on_close.append(api.close)
+            raw = await api.chat.completions.with_raw_response.create(
+                model="alpha",
+                max_tokens=8,
+                messages=[{"role": "user", "content": "What does HTTP 418 mean?"}],
+            )
+            replies.append(
+                (raw.headers["x-mixroute-cache"], raw.parse().choices[0].message.content)
+            )
+        assert replies[0][0] == "miss" and replies[1][0] == "hit"
+        assert replies[0][1] == replies[1][1]
+    finally:
+        other.terminate()
+        other.wait(20)
