@@ -115,7 +115,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_true",
         help="evaluate on the package's held-out split instead of FILE",
     )
-    evaluate.add_argument("--task", choices=sorted(TASKS), default="domain")
+    evaluate.add_argument("--task", choices=sorted([*TASKS, *REPORT_TASKS]), default="domain")
+    evaluate.add_argument(
+        "--split",
+        choices=("dev", "test", "all"),
+        default="test",
+        help="cache task: which split of data/cache to use (tune on dev, report test)",
+    )
     evaluate.add_argument(
         "--head", type=Path, default=None, help="head file (default: the task's built-in head)"
     )
@@ -181,7 +187,29 @@ def run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cache_report(args: argparse.Namespace) -> str:
+    """The semantic cache's hit and false-hit rates on data/cache (docs/cache.md)."""
+    from mixroute.evaluation.cache import evaluate_cache, format_cache_report
+
+    model = EmbeddingModel(builtin_minilm(), threads=1)
+    results, check_us = evaluate_cache(model, args.split, args.file.parent if args.file else None)
+    return format_cache_report(results, check_us, args.split)
+
+
+# Tasks whose evaluation is not a single-label classification: each returns a text report.
+REPORT_TASKS: Mapping[str, Callable[[argparse.Namespace], str]] = MappingProxyType(
+    {"cache": cache_report}
+)
+
+
 def run_eval(args: argparse.Namespace) -> int:
+    if args.task in REPORT_TASKS:
+        report = REPORT_TASKS[args.task](args)
+        print(report, end="")
+        if args.report is not None:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(report, encoding="utf-8")
+        return 0
     if (args.file is None) == (not args.builtin_heldout):
         print("eval: give either FILE or --builtin-heldout", file=sys.stderr)
         return 2

@@ -387,7 +387,9 @@ class CacheConfig(StrictModel):
     backend: Literal["memory", "pgvector"] = "memory"
     max_entries: int = Field(10_000, ge=1)
     ttl_s: float = Field(3600.0, gt=0)
-    similarity_threshold: float = Field(0.92, ge=0, le=1)
+    similarity_threshold: float = Field(
+        0.82, ge=0, le=1, description="Chosen on the dev split of data/cache (docs/cache.md)."
+    )
     second_check: bool = Field(
         True, description="Numbers, entities, negation, units and code language must agree."
     )
