@@ -38,12 +38,17 @@ def test_two_demos_serve_and_stop_cleanly() -> None:
             models = {m.id for m in api.models.list()}
             assert {"MoM", "auto"} <= models and len(models) >= 5
             seen_endpoints = set()
-            for _ in range(4):
+            for i in range(4):
                 raw = api.chat.completions.with_raw_response.create(
-                    model="math-llm", messages=[{"role": "user", "content": "2+2?"}]
+                    model="math-llm", messages=[{"role": "user", "content": f"2+{i}?"}]
                 )
+                assert raw.headers["x-mixroute-cache"] == "miss"
                 seen_endpoints.add(raw.headers["x-mixroute-endpoint"])
             assert seen_endpoints == {"math-llm-0", "math-llm-1"}  # round-robin in the demo
+            again = api.chat.completions.with_raw_response.create(
+                model="math-llm", messages=[{"role": "user", "content": "2+3?"}]
+            )
+            assert again.headers["x-mixroute-cache"] == "hit"
             auto = api.chat.completions.create(
                 model="MoM", messages=[{"role": "user", "content": "hello"}]
             )

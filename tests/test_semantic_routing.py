@@ -12,9 +12,9 @@ import pytest
 
 from helpers import RunningGateway, SimPool, start_gateway
 from mixroute.config.loader import validate_config
-from mixroute.demo import demo_config
+from mixroute.demo import DEMO_MODELS, demo_config
 
-MODELS = ("general-llm", "math-llm", "code-llm", "creative-llm")
+MODELS = DEMO_MODELS
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ class Decision:
 class ResponseTap(Protocol):
     """Sees an answer as it passes (the cache uses it to capture complete answers)."""
 
-    def on_body(self, status: int, body: bytes) -> None: ...
+    def on_body(self, status: int, body: bytes) -> bytes: ...
 
     def on_chunk(self, chunk: bytes) -> bytes: ...
 
@@ -51,4 +51,5 @@ class RequestContext:
     classified_text: str | None = None
     vector: npt.NDArray[np.float32] | None = None  # the request's one embedding, when made
     tap: ResponseTap | None = None
+    pii_found: bool = False  # PII was seen in the request: it is never cached
     response_headers: dict[str, str] = field(default_factory=dict)

@@ -28,7 +28,7 @@ from mixroute.server import serve_until_stopped
 
 log = logging.getLogger(__name__)
 
-DEMO_MODELS = ("general-llm", "math-llm", "code-llm", "creative-llm")
+DEMO_MODELS = ("general-llm", "math-llm", "code-llm", "creative-llm", "local-llm")
 REPLICAS_PER_MODEL = 2
 _PR_SET_PDEATHSIG = 1
 
@@ -175,12 +175,20 @@ def demo_config(simulators: list[Simulator], head: str | None = None) -> dict[st
                 "context_length": 8192,
                 "pricing": {"prompt_per_million": 0.2, "completion_per_million": 0.8},
             },
+            # Runs on our own hardware: allowed to see personal data (the PII guard
+            # reroutes requests that carry it here).
+            "local-llm": {"context_length": 8192, "pii_allowed": ["*"]},
         },
         "balancer": {
             "policy": "round_robin",
             "health": {"interval_s": 2.0, "timeout_s": 1.0},
         },
         "routing": {"default_model": "general-llm"},
+        "cache": {"enabled": True, "backend": "memory", "max_entries": 5000, "ttl_s": 600},
+        "guards": {
+            "jailbreak": {"enabled": True, "action": "block", "on_error": "open"},
+            "pii": {"enabled": True, "action": "reroute", "reroute_to": "local-llm"},
+        },
         "signals": {
             "domain": {"threshold": 0.5, **({"head": head} if head else {})},
             "keywords": [

@@ -14,8 +14,9 @@ import aiohttp
 
 from mixroute.cache.service import CacheService
 from mixroute.config.loader import ConfigError
-from mixroute.config.schema import MixrouteConfig
+from mixroute.config.schema import GuardsConfig, MixrouteConfig
 from mixroute.config.watcher import ConfigWatcher
+from mixroute.guards.service import GuardService
 from mixroute.observability.metrics import Metrics
 from mixroute.proxy.forward import Forwarder
 from mixroute.runtime import Runtime
@@ -36,6 +37,8 @@ class Gateway:
         self._watcher: ConfigWatcher | None = None
         self._assets: SemanticAssets | None = None
         self.cache: CacheService | None = None
+        self.guards: GuardService | None = None
+        self._api_guards: GuardService | None = None
         self._assets_lock = asyncio.Lock()
 
     def runtime_config_max_body(self) -> int:
@@ -87,6 +90,9 @@ class Gateway:
             self._assets.close()
         if self.cache is not None:
             await self.cache.close()
+        for guards in (self.guards, self._api_guards):
+            if guards is not None:
+                guards.close()
 
     async def apply_config(self, config: MixrouteConfig) -> None:
         """Swap in a runtime built from ``config``; requests in flight keep the old one."""
@@ -108,14 +114,17 @@ class Gateway:
         """The embedding engine and heads, loaded on first use and reused across reloads."""
         config = config or self.runtime.config
         async with self._assets_lock:
-            current = self._assets
-            if current is not None and current.fits(config.semantic.embedding, config.signals):
-                return current
-            fresh = await asyncio.to_thread(load_assets, config.semantic.embedding, config.signals)
-            self._assets = fresh
-            if current is not None:
-                current.close()
-            return fresh
+            return await self._load_assets_unlocked(config)
+
+    async def _load_assets_unlocked(self, config: MixrouteConfig) -> SemanticAssets:
+        current = self._assets
+        if current is not None and current.fits(config.semantic.embedding, config.signals):
+            return current
+        fresh = await asyncio.to_thread(load_assets, config.semantic.embedding, config.signals)
+        self._assets = fresh
+        if current is not None:
+            current.close()
+        return fresh
 
     async def _build_runtime(self, config: MixrouteConfig, previous: Runtime | None) -> Runtime:
         runtime = Runtime(config, self.session, previous=previous)
@@ -123,7 +132,39 @@ class Gateway:
             assets = await self.semantic_assets(config)
             runtime.router = await SemanticRouter.build(config, assets.engine, assets.domain_head)
         await self._update_cache(config)
+        await self._update_guards(config)
         return runtime
+
+    async def guard_service_for_api(self) -> GuardService:
+        """Guards for the classify API: the running ones, or (first use) both detectors with
+        default settings, so the API answers even when the request path has guards off."""
+        current = self.guards
+        if current is not None and current.pii is not None and current.jailbreak is not None:
+            return current
+        async with self._assets_lock:
+            if self._api_guards is None:
+                engine = (await self._load_assets_unlocked(self.runtime.config)).engine
+                settings = GuardsConfig(
+                    pii=self.runtime.config.guards.pii.model_copy(update={"enabled": True}),
+                    jailbreak=self.runtime.config.guards.jailbreak.model_copy(
+                        update={"enabled": True}
+                    ),
+                )
+                self._api_guards = await GuardService.build(settings, engine)
+            return self._api_guards
+
+    async def _update_guards(self, config: MixrouteConfig) -> None:
+        if self.guards is not None and self.guards.fits(config.guards):
+            return
+        old, self.guards = self.guards, None
+        settings = config.guards
+        if settings.pii.enabled or settings.jailbreak.enabled:
+            engine = (
+                (await self.semantic_assets(config)).engine if settings.jailbreak.enabled else None
+            )
+            self.guards = await GuardService.build(settings, engine)
+        if old is not None:
+            old.close()
 
     async def _update_cache(self, config: MixrouteConfig) -> None:
         """Keep the cache (and its entries) across reloads unless its settings changed."""

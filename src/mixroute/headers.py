@@ -13,6 +13,8 @@ REASONING = "x-mixroute-reasoning"
 CACHE = "x-mixroute-cache"
 ENDPOINT = "x-mixroute-endpoint"
 BLOCKED = "x-mixroute-blocked"
+FLAGGED = "x-mixroute-flagged"  # a guard matched but its action is flag: jailbreak
+PII = "x-mixroute-pii"  # what was done and the PII types found (never values)
 ATTEMPTS = "x-mixroute-attempts"
 FALLBACK = "x-mixroute-fallback"
 REQUEST_ID = "x-request-id"
@@ -25,6 +27,7 @@ DEBUG_ROUTE_SCORE = "x-mixroute-route-score"
 DEBUG_MATCHED = "x-mixroute-matched-routes"
 DEBUG_DECISION_MS = "x-mixroute-decision-ms"
 DEBUG_CACHE_SIMILARITY = "x-mixroute-cache-similarity"
+DEBUG_JAILBREAK_SCORE = "x-mixroute-jailbreak-score"
 
 # Request headers understood by the gateway.
 CACHE_CONTROL = "x-mixroute-cache-control"

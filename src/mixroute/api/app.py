@@ -102,5 +102,7 @@ def build_app(gateway: Gateway) -> web.Application:
     router.add_get("/api/v1/endpoints", ops.endpoints)
     router.add_post("/api/v1/classify/intent", classify.classify_intent)
     router.add_post("/api/v1/classify/batch", classify.classify_batch)
+    router.add_post("/api/v1/classify/pii", classify.classify_pii)
+    router.add_post("/api/v1/classify/security", classify.classify_security)
     router.add_post("/api/v1/route", classify.route_dry_run)
     return app

@@ -32,7 +32,7 @@ async def plan_cache(
 ) -> tuple[CachePlan | None, web.StreamResponse | None]:
     """Returns (plan to store after forwarding, or a response served from the cache)."""
     service = gateway.cache
-    if service is None or ctx.path != "/v1/chat/completions":
+    if service is None or ctx.path != "/v1/chat/completions" or ctx.pii_found:
         return None, None
     policy = service.policy(ctx.route)
     if not policy.enabled:

@@ -70,7 +70,55 @@ async def classify_intent(request: web.Request) -> web.Response:
     return _json(result)
 
 
-TASKS = {"intent": _intent}
+async def _pii(request: web.Request, text: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    guards = await request.app[GATEWAY].guard_service_for_api()
+    entities = await guards.find_pii([{"role": "user", "content": text}])
+    return {
+        "has_pii": bool(entities),
+        "entities": [
+            {"type": e.type, "start": e.start, "end": e.end, "score": round(e.score, 3)}
+            for _, e in entities
+        ],
+        "processing_time_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+
+
+async def _security(request: web.Request, text: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    guards = await request.app[GATEWAY].guard_service_for_api()
+    score = await guards.jailbreak_score([text], {})
+    return {
+        "is_jailbreak": score >= guards.jailbreak_threshold,
+        "score": round(score, 4),
+        "processing_time_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+
+
+async def classify_pii(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    result = await _pii(request, _text(await _body(request)))
+    result["processing_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return _json(result)
+
+
+async def classify_security(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    result = await _security(request, _text(await _body(request)))
+    result["processing_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return _json(result)
+
+
+async def _intent_task(request: web.Request, text: str) -> dict[str, Any]:
+    return await _intent(await _router(request), text)
+
+
+TASKS = {
+    "intent": _intent_task,
+    "pii": _pii,
+    "security": _security,
+    "jailbreak": _security,
+}
 
 
 async def classify_batch(request: web.Request) -> web.Response:
@@ -85,8 +133,7 @@ async def classify_batch(request: web.Request) -> web.Response:
         raise bad_request("`texts` must be a list of strings.", param="texts")
     if len(texts) > MAX_BATCH_TEXTS:
         raise bad_request(f"At most {MAX_BATCH_TEXTS} texts per batch.", param="texts")
-    router = await _router(request)
-    results = [await handler(router, text) for text in texts]
+    results = [await handler(request, text) for text in texts]
     return _json(
         {
             "task": task,

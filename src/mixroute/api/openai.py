@@ -11,6 +11,7 @@ from aiohttp import web
 
 from mixroute import headers as h
 from mixroute.api.caching import plan_cache, store_answer
+from mixroute.api.guarding import apply_guards
 from mixroute.api.keys import GATEWAY
 from mixroute.api.parsing import model_from_multipart, parse_json_body, read_body
 from mixroute.context import Decision, RequestContext
@@ -87,6 +88,9 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
         ctx.response_headers[h.WORKER] = str(os.getpid())
     await _choose_model(ctx, runtime, kind, request.content_type, gateway.metrics)
     ctx.session_key = _session_key(request, body, runtime)
+    refusal = await apply_guards(request, ctx, runtime, gateway)
+    if refusal is not None:
+        return refusal
     plan, cached = await plan_cache(request, ctx, runtime, gateway)
     if cached is not None:
         return cached

@@ -31,7 +31,11 @@ class AnswerCapture:
         self._broken = False
         self.answer: CachedAnswer | None = None
 
-    def on_body(self, status: int, body: bytes) -> None:
+    def on_body(self, status: int, body: bytes) -> bytes:
+        self._capture_body(status, body)
+        return body
+
+    def _capture_body(self, status: int, body: bytes) -> None:
         if status != 200 or len(body) > self.MAX_BYTES:
             return
         try:

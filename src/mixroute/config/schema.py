@@ -100,6 +100,11 @@ class ModelConfig(StrictModel):
     )
     context_length: int | None = Field(None, gt=0, description="Prompt + output tokens.")
     pricing: PricingConfig | None = None
+    pii_allowed: list[str] = Field(
+        default_factory=list,
+        description='PII types this model may receive ("*": all), '
+        "e.g. a model that runs on your own hardware.",
+    )
 
 
 class HealthCheckConfig(StrictModel):
@@ -346,6 +351,42 @@ class RouteCacheConfig(StrictModel):
     allow_sampled: bool | None = None
 
 
+PII_TYPES = (
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "US_SSN",
+    "IP_ADDRESS",
+    "IBAN_CODE",
+    "PERSON",
+    "LOCATION",
+    "STREET_ADDRESS",
+    "URL",
+)
+
+
+class PIIPolicyConfig(StrictModel):
+    """What happens when a request carries PII its target model may not receive."""
+
+    action: Literal["block", "redact", "reroute", "flag", "off"] | None = None
+    reroute_to: str | None = Field(
+        None,
+        description="Model for `reroute` (default: the "
+        "first model whose pii_allowed covers the request).",
+    )
+    output: Literal["off", "flag", "mask"] | None = None
+
+
+class JailbreakPolicyConfig(StrictModel):
+    action: Literal["block", "flag", "off"] | None = None
+    threshold: float | None = Field(None, ge=0, le=1)
+
+
+class RouteGuardsConfig(StrictModel):
+    pii: PIIPolicyConfig | None = None
+    jailbreak: JailbreakPolicyConfig | None = None
+
+
 class RouteConfig(StrictModel):
     name: str = Field(min_length=1)
     priority: int = 0
@@ -366,6 +407,7 @@ class RouteConfig(StrictModel):
     system_prompt: SystemPromptConfig | None = None
     tools: ToolSelectionConfig | None = None
     cache: RouteCacheConfig | None = None
+    guards: RouteGuardsConfig | None = None
 
 
 class SemanticConfig(StrictModel):
@@ -426,7 +468,7 @@ class CacheConfig(StrictModel):
     hnsw_above: int = Field(
         20_000, ge=1, description="A scope with more entries than this uses an HNSW index."
     )
-    hnsw_ef_search: int = Field(64, ge=1)
+    hnsw_ef_search: int = Field(128, ge=1, description="Recall@1 0.99 at 100k (benchmarks).")
     pgvector: PgvectorConfig | None = None
 
     @model_validator(mode="after")
@@ -434,6 +476,61 @@ class CacheConfig(StrictModel):
         if self.backend == "pgvector" and self.pgvector is None:
             raise ValueError("backend 'pgvector' needs cache.pgvector.dsn")
         return self
+
+
+class PIIGuardConfig(StrictModel):
+    enabled: bool = False
+    entities: list[str] = Field(default_factory=lambda: [t for t in PII_TYPES if t != "URL"])
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    names: bool = Field(
+        True,
+        description="Detect PERSON/LOCATION with spaCy (only when a "
+        "cheap pre-filter says a name may be present).",
+    )
+    action: Literal["block", "redact", "reroute", "flag", "off"] = "flag"
+    reroute_to: str | None = None
+    output: Literal["off", "flag", "mask"] = "off"
+    block_with: Literal["completion", "error"] = Field(
+        "completion",
+        description="A refusal as a chat completion (finish_reason "
+        "content_filter; SSE when streaming), or a 400 error.",
+    )
+
+    @field_validator("entities")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(PII_TYPES))
+        if unknown:
+            raise ValueError(f"unknown PII types {unknown}; expected some of {PII_TYPES}")
+        return value
+
+
+class JailbreakGuardConfig(StrictModel):
+    enabled: bool = False
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Default: the head's recommended threshold (90% recall on training data).",
+    )
+    action: Literal["block", "flag", "off"] = "block"
+    on_error: Literal["open", "closed"] = Field(
+        "open",
+        description="If the detector fails: let the request through (open) or block it (closed).",
+    )
+    turns: int = Field(
+        4,
+        ge=1,
+        le=50,
+        description="Recent user and tool messages scanned, so "
+        "an attack earlier in the conversation is still seen.",
+    )
+    block_with: Literal["completion", "error"] = "completion"
+
+
+class GuardsConfig(StrictModel):
+    pii: PIIGuardConfig = Field(default_factory=PIIGuardConfig)
+    jailbreak: JailbreakGuardConfig = Field(default_factory=JailbreakGuardConfig)
 
 
 class MixrouteConfig(StrictModel):
@@ -447,6 +544,7 @@ class MixrouteConfig(StrictModel):
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     routes: list[RouteConfig] = Field(default_factory=list)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> MixrouteConfig:
@@ -481,6 +579,7 @@ class MixrouteConfig(StrictModel):
                 f"(served: {sorted(served)})"
             )
         self._check_signals_and_routes(served | set(seen))
+        self._check_guards(served)
         return self
 
     def _check_signals_and_routes(self, known_models: set[str]) -> None:
@@ -514,6 +613,20 @@ class MixrouteConfig(StrictModel):
                         f"(served: {sorted(known_models)})"
                     )
 
+    def _check_guards(self, known_models: set[str]) -> None:
+        for name, settings in self.models.items():
+            unknown = sorted(set(settings.pii_allowed) - set(PII_TYPES) - {"*"})
+            if unknown:
+                raise ValueError(f"models.{name}.pii_allowed: unknown PII types {unknown}")
+        targets = [("guards.pii.reroute_to", self.guards.pii.reroute_to)] + [
+            (f"routes ({r.name}).guards.pii.reroute_to", r.guards.pii.reroute_to)
+            for r in self.routes
+            if r.guards and r.guards.pii
+        ]
+        for where, model in targets:
+            if model is not None and model not in known_models:
+                raise ValueError(f"{where}: {model!r} is not served by any endpoint")
+
     def semantic_enabled(self) -> bool:
         if self.semantic.enabled is not None:
             return self.semantic.enabled
@@ -524,6 +637,7 @@ class MixrouteConfig(StrictModel):
             or signals.embeddings
             or signals.categories
             or self.cache.enabled
+            or self.guards.jailbreak.enabled
         )
 
     def served_models(self) -> set[str]:

@@ -139,5 +139,19 @@ class Metrics:
             registry=r,
         )
 
+        self.guard_decisions = Counter(
+            "mixroute_guard_decisions",
+            "Guard outcomes, by guard (pii, jailbreak) and action (pass, allowed, flag, block, "
+            "redact, reroute, error).",
+            ["guard", "action"],
+            registry=r,
+        )
+        self.pii_entities = Counter(
+            "mixroute_pii_requests",
+            "Requests in which a PII type was found (type names only, never values).",
+            ["type"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

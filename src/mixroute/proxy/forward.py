@@ -161,7 +161,7 @@ class Forwarder:
             if endpoint.config.served_model and upstream.content_type == "application/json":
                 body = rewrite_json_model(body, endpoint.model)
             if ctx.tap is not None:
-                ctx.tap.on_body(upstream.status, body)
+                body = ctx.tap.on_body(upstream.status, body)
             pricing = _pricing(runtime, ctx.model)
             if pricing is not None and (usage := usage_from_json(body)) is not None:
                 account(self._metrics, ctx.model, _route(ctx), pricing, usage)
