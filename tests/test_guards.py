@@ -103,7 +103,8 @@ async def test_pii_is_rerouted_to_the_local_model(gw: RunningGateway) -> None:
         messages=[
             {
                 "role": "user",
-                "content": f"My email is {EMAIL}. Write a short note to my landlord about the broken heater.",
+                "content": f"My email is {EMAIL}. Write a short note to my landlord "
+                "about the broken heater.",
             }
         ],
     )
