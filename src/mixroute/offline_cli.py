@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import TextIO
@@ -196,9 +197,47 @@ def cache_report(args: argparse.Namespace) -> str:
     return format_cache_report(results, check_us, args.split)
 
 
+def pii_report(args: argparse.Namespace) -> str:
+    """PII precision/recall per type, false positives on PII-free prompts, latency."""
+    from mixroute.evaluation.pii import evaluate_pii
+    from mixroute.guards.pii import PRIORITY, PIIDetector
+
+    default = Path(str(resources.files("mixroute") / "data/guards/pii/heldout.jsonl"))
+    return evaluate_pii(PIIDetector(PRIORITY), args.file or default).format() + "\n"
+
+
+def jailbreak_report(args: argparse.Namespace) -> str:
+    """Jailbreak recall, false positives on benign and hard-benign prompts, ROC AUC."""
+    from mixroute.evaluation.jailbreak import evaluate_jailbreak
+    from mixroute.guards.jailbreak import JailbreakDetector
+    from mixroute.guards.jailbreak_training import load_project_split
+
+    model = EmbeddingModel(builtin_minilm(), threads=1)
+    detector = JailbreakDetector.load(
+        args.head or builtin_head_path("jailbreak"), embedding_model=model.spec.name
+    )
+    if args.file is not None:
+        rows = [json.loads(line) for line in args.file.read_text().splitlines() if line.strip()]
+        texts = [r["text"] for r in rows]
+        labels = [int(r["label"]) for r in rows]
+        kinds = [str(r.get("kind", "attack" if r["label"] else "benign")) for r in rows]
+    else:
+        heldout = load_project_split("heldout")
+        texts, labels, kinds = (
+            [e.text for e in heldout],
+            [e.label for e in heldout],
+            [e.kind for e in heldout],
+        )
+    evaluation, _ = evaluate_jailbreak(
+        detector, model, texts, labels, kinds, title="jailbreak guard"
+    )
+    return evaluation.format() + "\n"
+
+
 # Tasks whose evaluation is not a single-label classification: each returns a text report.
+# Without FILE they run on the package's own held-out data.
 REPORT_TASKS: Mapping[str, Callable[[argparse.Namespace], str]] = MappingProxyType(
-    {"cache": cache_report}
+    {"cache": cache_report, "pii": pii_report, "jailbreak": jailbreak_report}
 )
 
 
