@@ -374,7 +374,6 @@ class PIIPolicyConfig(StrictModel):
         description="Model for `reroute` (default: the "
         "first model whose pii_allowed covers the request).",
     )
-    output: Literal["off", "flag", "mask"] | None = None
 
 
 class JailbreakPolicyConfig(StrictModel):
@@ -489,7 +488,6 @@ class PIIGuardConfig(StrictModel):
     )
     action: Literal["block", "redact", "reroute", "flag", "off"] = "flag"
     reroute_to: str | None = None
-    output: Literal["off", "flag", "mask"] = "off"
     block_with: Literal["completion", "error"] = Field(
         "completion",
         description="A refusal as a chat completion (finish_reason "

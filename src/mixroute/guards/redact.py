@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from mixroute.guards.entities import PIIEntity, text_parts
 
@@ -164,32 +164,3 @@ class StreamRestorer:
                 return index
             index = text.find("[", index + 1)
         return len(text)
-
-
-class Detector(Protocol):
-    """The part of ``PIIDetector`` the output scanner needs."""
-
-    def detect(self, text: str) -> list[PIIEntity]: ...
-
-
-class OutputScanner:
-    """Flags or masks PII in a model answer.
-
-    With the request's ``Redactor``, values the user supplied (and that the answer got
-    back through ``restore``) are not flagged: only PII the model produced itself is, for
-    example an email address or phone number it made up or recalled. ``mask`` replaces
-    those with placeholders of its own (not restorable by the request's redactor).
-    """
-
-    def __init__(self, detector: Detector, redactor: Redactor | None = None) -> None:
-        self._detector = detector
-        self._known = frozenset(redactor.placeholders.values()) if redactor else frozenset()
-        self._redactor = Redactor()
-
-    def scan(self, text: str) -> list[PIIEntity]:
-        """PII spans in the answer, minus values the user supplied in the request."""
-        return [e for e in self._detector.detect(text) if text[e.start : e.end] not in self._known]
-
-    def mask(self, text: str) -> str:
-        """The answer with the spans ``scan`` reports replaced by placeholders."""
-        return self._redactor.mask(text, self.scan(text))
