@@ -197,13 +197,15 @@ async def refuse(
         options = ctx.body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for event in as_sse(ctx.model, message, "content_filter", usage, include_usage):
+        for event in as_sse(
+            ctx.model, message, "content_filter", usage, include_usage, source="refusal"
+        ):
             await response.write(event)
         await response.write_eof()
         return response
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     return web.Response(
-        body=as_json(ctx.model, message, "content_filter", usage, None),
+        body=as_json(ctx.model, message, "content_filter", usage, None, source="refusal"),
         content_type="application/json",
         headers=headers,
     )

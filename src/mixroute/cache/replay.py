@@ -1,5 +1,6 @@
-"""Answer from the cache: as a chat.completion JSON, or as an SSE stream when the client
-streams, with a fresh id, the current time, the stored usage and finish reason."""
+"""Answers the gateway writes itself (cache hits, guard refusals): a chat.completion JSON,
+or an SSE stream when the client streams, with a fresh id, the current time, usage and
+finish reason."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import orjson
 _PIECE = re.compile(r"\S+\s*|\s+")
 
 
-def completion_id() -> str:
-    return "chatcmpl-cache-" + os.urandom(12).hex()
+def completion_id(source: str) -> str:
+    """``chatcmpl-<source>-<random>``: a client can tell a replay or a refusal by its id."""
+    return f"chatcmpl-{source}-" + os.urandom(12).hex()
 
 
 def as_json(
@@ -23,13 +25,14 @@ def as_json(
     finish: str,
     usage: dict[str, Any] | None,
     tool_calls: list[dict[str, Any]] | None,
+    source: str = "cache",
 ) -> bytes:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
     return orjson.dumps(
         {
-            "id": completion_id(),
+            "id": completion_id(source),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": answer_model,
@@ -48,8 +51,9 @@ def as_sse(
     usage: dict[str, Any] | None,
     include_usage: bool,
     words_per_chunk: int = 4,
+    source: str = "cache",
 ) -> list[bytes]:
-    ident, created = completion_id(), int(time.time())
+    ident, created = completion_id(source), int(time.time())
 
     def event(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> bytes:
         body = {
