@@ -35,10 +35,6 @@ class Runtime:
         self.auto_models = frozenset(config.routing.auto_models)
         self._aliases = config.aliases()
         self._policies: dict[str, RoutingPolicy] = {}
-        for model in self.registry.models():
-            settings = config.models.get(model)
-            name = settings.policy if settings and settings.policy else config.balancer.policy
-            self._policies[model] = build_policy(name, config.balancer.session)
         self.prober = HealthProber(self.registry, config.balancer.health, session)
         self.router: SemanticRouter | None = None
 
@@ -71,7 +67,14 @@ class Runtime:
         return self.policy_for(model).pick(candidates, ctx).name
 
     def policy_for(self, model: str) -> RoutingPolicy:
-        return self._policies[model]
+        """The model's policy, built on first use (discovery may add models at any time)."""
+        policy = self._policies.get(model)
+        if policy is None:
+            settings = self.config.models.get(model)
+            name = settings.policy if settings and settings.policy else self.config.balancer.policy
+            policy = build_policy(name, self.config.balancer.session)
+            self._policies[model] = policy
+        return policy
 
     def decide_auto(self) -> Decision | None:
         """Until routes exist, every auto request goes to ``routing.default_model``."""
