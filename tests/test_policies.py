@@ -15,7 +15,14 @@ from mixroute.balancer.policies import (
     SessionAffinity,
     build_policy,
 )
-from mixroute.config.schema import CircuitBreakerConfig, EndpointConfig, SessionConfig
+from mixroute.balancer.prefix import PrefixIndex
+from mixroute.config.schema import (
+    POLICY_NAMES,
+    BalancerConfig,
+    CircuitBreakerConfig,
+    EndpointConfig,
+    SessionConfig,
+)
 from mixroute.context import RequestContext
 
 
@@ -127,8 +134,9 @@ def test_session_without_key_falls_back_to_least_outstanding() -> None:
 
 
 def test_build_policy_by_name() -> None:
-    for name in ("round_robin", "least_outstanding", "power_of_two", "session"):
-        assert build_policy(name, SessionConfig()).name == name
+    index = PrefixIndex(1000)
+    for name in POLICY_NAMES:
+        assert build_policy(name, BalancerConfig(), index).name == name
 
 
 def test_circuit_breaker_opens_half_opens_and_closes() -> None:

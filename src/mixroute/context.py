@@ -52,4 +52,6 @@ class RequestContext:
     vector: npt.NDArray[np.float32] | None = None  # the request's one embedding, when made
     tap: ResponseTap | None = None
     pii_found: bool = False  # PII was seen in the request: it is never cached
+    prefix_hashes: list[bytes] | None = None  # the prompt's block hashes, computed once
+    balancer_scores: str | None = None  # debug: why the balancer picked what it picked
     response_headers: dict[str, str] = field(default_factory=dict)

@@ -127,7 +127,7 @@ class Gateway:
         return fresh
 
     async def _build_runtime(self, config: MixrouteConfig, previous: Runtime | None) -> Runtime:
-        runtime = Runtime(config, self.session, previous=previous)
+        runtime = Runtime(config, self.session, self.metrics, previous=previous)
         if config.semantic_enabled():
             assets = await self.semantic_assets(config)
             runtime.router = await SemanticRouter.build(config, assets.engine, assets.domain_head)

@@ -28,6 +28,7 @@ DEBUG_MATCHED = "x-mixroute-matched-routes"
 DEBUG_DECISION_MS = "x-mixroute-decision-ms"
 DEBUG_CACHE_SIMILARITY = "x-mixroute-cache-similarity"
 DEBUG_JAILBREAK_SCORE = "x-mixroute-jailbreak-score"
+DEBUG_BALANCER_SCORES = "x-mixroute-balancer-scores"
 
 # Request headers understood by the gateway.
 CACHE_CONTROL = "x-mixroute-cache-control"

@@ -13,9 +13,12 @@ import aiohttp
 
 from mixroute.balancer.health import HealthProber
 from mixroute.balancer.policies import RoutingPolicy, build_policy
+from mixroute.balancer.prefix import PrefixIndex
 from mixroute.balancer.registry import EndpointRegistry
+from mixroute.balancer.stats import StatsScraper
 from mixroute.config.schema import MixrouteConfig
 from mixroute.context import Decision, RequestContext
+from mixroute.observability.metrics import Metrics
 from mixroute.semantic.router import SemanticRouter
 
 
@@ -24,6 +27,7 @@ class Runtime:
         self,
         config: MixrouteConfig,
         session: aiohttp.ClientSession,
+        metrics: Metrics,
         previous: Runtime | None = None,
     ) -> None:
         self.config = config
@@ -36,13 +40,39 @@ class Runtime:
         self._aliases = config.aliases()
         self._policies: dict[str, RoutingPolicy] = {}
         self.prober = HealthProber(self.registry, config.balancer.health, session)
+        balancer = config.balancer
+        self.prefix_index: PrefixIndex = (
+            previous.prefix_index
+            if previous is not None and previous.config.balancer.prefix == balancer.prefix
+            else PrefixIndex(balancer.prefix.max_index_blocks)
+        )
+        self._metrics = metrics
+        self.scraper: StatsScraper | None = None
+        if self._wants_stats():
+            stats = balancer.stats
+            self.scraper = StatsScraper(
+                self.registry, session, metrics, stats.interval_s, stats.timeout_s, stats.path
+            )
         self.router: SemanticRouter | None = None
+
+    def _wants_stats(self) -> bool:
+        stats = self.config.balancer.stats
+        if stats.enabled is not None:
+            return stats.enabled
+        names = {self.config.balancer.policy} | {
+            m.policy for m in self.config.models.values() if m.policy
+        }
+        return bool(names & {"load_aware", "kv_aware"})
 
     def start(self) -> None:
         self.prober.start()
+        if self.scraper is not None:
+            self.scraper.start()
 
     async def stop(self) -> None:
         await self.prober.stop()
+        if self.scraper is not None:
+            await self.scraper.stop()
 
     def is_auto(self, model: str) -> bool:
         return model in self.auto_models
@@ -72,7 +102,7 @@ class Runtime:
         if policy is None:
             settings = self.config.models.get(model)
             name = settings.policy if settings and settings.policy else self.config.balancer.policy
-            policy = build_policy(name, self.config.balancer.session)
+            policy = build_policy(name, self.config.balancer, self.prefix_index)
             self._policies[model] = policy
         return policy
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mixroute.config.schema import CircuitBreakerConfig, EndpointConfig
+
+if TYPE_CHECKING:
+    from mixroute.balancer.stats import EngineStats
 
 
 class BreakerState(enum.Enum):
@@ -77,6 +81,7 @@ class EndpointState:
     failures: int = 0
     last_error: str | None = None
     last_probe: float = field(default=0.0)
+    engine: EngineStats | None = None  # scraped from the endpoint's /metrics, when enabled
 
 
 class Endpoint:
@@ -142,6 +147,14 @@ class Endpoint:
             "requests": self.state.requests,
             "failures": self.state.failures,
             "last_error": self.state.last_error,
+            "engine": None
+            if self.state.engine is None
+            else {
+                "running": self.state.engine.running,
+                "waiting": self.state.engine.waiting,
+                "kv_usage": round(self.state.engine.kv_usage, 4),
+                "prefix_hit_rate": self.state.engine.prefix_hit_rate,
+            },
         }
 
     def __repr__(self) -> str:

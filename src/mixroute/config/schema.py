@@ -13,8 +13,24 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-POLICY_NAMES = ("round_robin", "least_outstanding", "power_of_two", "session")
-PolicyName = Literal["round_robin", "least_outstanding", "power_of_two", "session"]
+POLICY_NAMES = (
+    "round_robin",
+    "least_outstanding",
+    "power_of_two",
+    "session",
+    "prefix",
+    "load_aware",
+    "kv_aware",
+)
+PolicyName = Literal[
+    "round_robin",
+    "least_outstanding",
+    "power_of_two",
+    "session",
+    "prefix",
+    "load_aware",
+    "kv_aware",
+]
 
 
 class StrictModel(BaseModel):
@@ -139,12 +155,56 @@ class SessionConfig(StrictModel):
     )
 
 
+class ScorerWeightsConfig(StrictModel):
+    """Weights of the scorers the load- and cache-aware policies add up (docs/balancer.md)."""
+
+    prefix: float = Field(2.0, ge=0)
+    queue: float = Field(1.0, ge=0)
+    kv: float = Field(0.5, ge=0)
+    in_flight: float = Field(1.0, ge=0)
+
+
+class PrefixRoutingConfig(StrictModel):
+    block_chars: int = Field(256, ge=16, description="Characters per prompt block (~64 tokens).")
+    max_blocks: int = Field(256, ge=1, description="Leading blocks of a prompt considered.")
+    min_match_blocks: int = Field(
+        2, ge=1, description="Below this many matched blocks, load alone decides."
+    )
+    max_index_blocks: int = Field(200_000, ge=1, description="Bound of the prefix index.")
+    load_factor: float = Field(
+        1.5, ge=1.0, description="Bounded load: no endpoint above this times the mean in-flight."
+    )
+
+
+class SaturationConfig(StrictModel):
+    max_waiting: float = Field(
+        32,
+        ge=0,
+        description="Engine queue length that rules out an "
+        "endpoint (unless every endpoint is past it).",
+    )
+    max_kv_usage: float = Field(0.97, ge=0, le=1)
+
+
+class EngineStatsConfig(StrictModel):
+    enabled: bool | None = Field(
+        None, description="Default: when the policy reads them (load_aware, kv_aware)."
+    )
+    interval_s: float = Field(1.0, gt=0)
+    timeout_s: float = Field(1.0, gt=0)
+    path: str = "/metrics"
+
+
 class BalancerConfig(StrictModel):
     policy: PolicyName = "round_robin"
     session: SessionConfig = Field(default_factory=SessionConfig)
     health: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    weights: ScorerWeightsConfig = Field(default_factory=ScorerWeightsConfig)
+    prefix: PrefixRoutingConfig = Field(default_factory=PrefixRoutingConfig)
+    saturation: SaturationConfig = Field(default_factory=SaturationConfig)
+    stats: EngineStatsConfig = Field(default_factory=EngineStatsConfig)
 
 
 class RoutingConfig(StrictModel):

@@ -153,5 +153,41 @@ class Metrics:
             registry=r,
         )
 
+        self.endpoint_queue = Gauge(
+            "mixroute_endpoint_engine_waiting",
+            "Requests waiting in the endpoint's engine queue (scraped from its /metrics).",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_running = Gauge(
+            "mixroute_endpoint_engine_running",
+            "Requests running in the endpoint's engine batch (scraped).",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_kv_usage = Gauge(
+            "mixroute_endpoint_engine_kv_usage_ratio",
+            "KV-cache usage of the endpoint's engine, 0..1 (scraped, either vLLM generation).",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_prefix_hit_rate = Gauge(
+            "mixroute_endpoint_engine_prefix_hit_ratio",
+            "The engine's prefix-cache hit rate between the last two scrapes.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.balancer_picks = Counter(
+            "mixroute_balancer_picks",
+            "Endpoints picked by the balancer, by policy and endpoint.",
+            ["policy", "endpoint"],
+            registry=r,
+        )
+        self.prefix_index_blocks = Gauge(
+            "mixroute_prefix_index_blocks",
+            "Prompt blocks held by the estimated prefix index (bounded).",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -74,6 +74,9 @@ class Forwarder:
                 break
             endpoint = policy.pick(candidates, ctx)
             tried.add(endpoint.name)
+            self._metrics.balancer_picks.labels(policy.name, endpoint.name).inc()
+            if ctx.balancer_scores is not None:
+                ctx.response_headers[h.DEBUG_BALANCER_SCORES] = ctx.balancer_scores
             if attempt:
                 self._metrics.retries.labels(ctx.model).inc()
                 await asyncio.sleep(retry.backoff_s * 2 ** (attempt - 1))
