@@ -41,6 +41,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_offline_commands(commands)
 
+    bench = commands.add_parser("bench", help="built-in benchmarks")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    routing = bench_commands.add_parser("routing", help="replica selection on a chat workload")
+    from mixroute.benchmark.routing import add_arguments as add_routing_arguments
+    from mixroute.benchmark.routing import run as run_routing
+
+    add_routing_arguments(routing)
+    routing.set_defaults(handler=run_routing)
+
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate a config file")
