@@ -49,10 +49,10 @@ def main() -> None:
     model = EmbeddingModel(builtin_minilm())
     texts = shipped_texts()
     started = time.perf_counter()
-    real = np.concatenate([model.embed(texts[i:i + 32]) for i in range(0, len(texts), 32)])
+    real = np.concatenate([model.embed(texts[i : i + 32]) for i in range(0, len(texts), 32)])
     print(f"embedded {len(texts)} texts in {time.perf_counter() - started:.0f}s")
     rng = np.random.default_rng(7)
-    queries, base = real[: args.queries], real[args.queries:]
+    queries, base = real[: args.queries], real[args.queries :]
     picks = rng.integers(0, len(base), args.entries)
     noisy = base[picks] + rng.normal(scale=0.03, size=(args.entries, real.shape[1]))
     noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
@@ -64,15 +64,20 @@ def main() -> None:
     truth = [exact.search(q, 1)[0][0] for q in queries]
     results = {}
     answer = CachedAnswer("m", "x", "stop", None)
-    for label, hnsw_above, ef in [("exact numpy", 10**9, 0), *[(f"hnsw ef={e}", 1000, e)
-                                                               for e in (16, 32, 64, 128)]]:
-        settings = CacheConfig(enabled=True, max_entries=args.entries + 1,
-                               hnsw_above=hnsw_above, hnsw_ef_search=max(ef, 1))
+    for label, hnsw_above, ef in [
+        ("exact numpy", 10**9, 0),
+        *[(f"hnsw ef={e}", 1000, e) for e in (16, 32, 64, 128)],
+    ]:
+        settings = CacheConfig(
+            enabled=True,
+            max_entries=args.entries + 1,
+            hnsw_above=hnsw_above,
+            hnsw_ef_search=max(ef, 1),
+        )
         cache = MemoryCache(settings, real.shape[1])
         built = time.perf_counter()
         for i, vector in enumerate(noisy):
-            cache.store_now(CacheRequest("s", f"text {i}", f"e{i}", False, False), vector,
-                            answer)
+            cache.store_now(CacheRequest("s", f"text {i}", f"e{i}", False, False), vector, answer)
         build_s = time.perf_counter() - built
         index = cache._scopes["s"]
         found = [index.search(q, 1)[0][0] for q in queries]
@@ -83,14 +88,18 @@ def main() -> None:
             t0 = time.perf_counter()
             cache.lookup_now(request, q, 0.99)
             timings.append((time.perf_counter() - t0) * 1000)
-        results[label] = {"p50_ms": round(percentile(timings, 50), 3),
-                          "p99_ms": round(percentile(timings, 99), 3),
-                          "recall_at_1": round(recall, 3), "build_s": round(build_s, 1)}
+        results[label] = {
+            "p50_ms": round(percentile(timings, 50), 3),
+            "p99_ms": round(percentile(timings, 99), 3),
+            "recall_at_1": round(recall, 3),
+            "build_s": round(build_s, 1),
+        }
         print(label, results[label], flush=True)
     out = Path("bench/results/cache_lookup.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"entries": args.entries, "queries": args.queries,
-                               "results": results}, indent=2))
+    out.write_text(
+        json.dumps({"entries": args.entries, "queries": args.queries, "results": results}, indent=2)
+    )
 
 
 if __name__ == "__main__":

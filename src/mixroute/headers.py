@@ -12,6 +12,7 @@ CONFIDENCE = "x-mixroute-confidence"
 REASONING = "x-mixroute-reasoning"
 CACHE = "x-mixroute-cache"
 ENDPOINT = "x-mixroute-endpoint"
+PREFILL_ENDPOINT = "x-mixroute-prefill-endpoint"  # disaggregated models: who did the prefill
 BLOCKED = "x-mixroute-blocked"
 FLAGGED = "x-mixroute-flagged"  # a guard matched but its action is flag: jailbreak
 PII = "x-mixroute-pii"  # what was done and the PII types found (never values)

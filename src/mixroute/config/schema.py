@@ -85,6 +85,11 @@ class EndpointConfig(StrictModel):
     weight: float = Field(1.0, gt=0)
     labels: dict[str, str] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    role: Literal["both", "prefill", "decode"] = Field(
+        "both",
+        description="Disaggregated serving: a model with prefill endpoints sends each "
+        "request to a prefill endpoint first, then to a decode endpoint (docs/balancer.md).",
+    )
 
     @field_validator("url")
     @classmethod

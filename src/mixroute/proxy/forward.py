@@ -24,6 +24,7 @@ from mixroute.config.schema import PricingConfig
 from mixroute.context import RequestContext
 from mixroute.errors import GatewayError, no_healthy_endpoint, sse_error_event, upstream_error
 from mixroute.observability.metrics import Metrics
+from mixroute.proxy.disagg import run_prefill, split_roles
 from mixroute.proxy.rewrite import SSEModelRewriter, rewrite_json_model
 from mixroute.proxy.usage import StreamUsageWatcher, account, usage_from_json
 from mixroute.runtime import Runtime
@@ -63,6 +64,27 @@ class Forwarder:
         self, request: web.Request, ctx: RequestContext, runtime: Runtime
     ) -> web.StreamResponse:
         endpoints = runtime.registry.for_model(ctx.model)
+        roles = split_roles(endpoints)
+        if roles is not None:
+            prefill, endpoints = roles
+            if not any(e.is_available() for e in endpoints):
+                raise GatewayError(
+                    503,
+                    f"Disaggregated model `{ctx.model}` has no available decode endpoint.",
+                    error_type="service_unavailable",
+                    code="no_decode_endpoint",
+                )
+            chosen, params = await run_prefill(
+                self._session,
+                request.raw_path,
+                ctx,
+                prefill,
+                runtime,
+                _upstream_headers(request, ctx, prefill[0]),
+            )
+            ctx.response_headers[h.PREFILL_ENDPOINT] = chosen.name
+            ctx.body["kv_transfer_params"] = params
+            ctx.body_changed = True
         policy = runtime.policy_for(ctx.model)
         retry = runtime.config.balancer.retry
         tried: set[str] = set()
