@@ -34,6 +34,7 @@ async def metrics(request: web.Request) -> web.Response:
         gateway.metrics.endpoint_available.labels(endpoint.name, endpoint.model).set(
             1 if endpoint.is_available() else 0
         )
+    gateway.metrics.prefix_index_blocks.set(len(gateway.runtime.prefix_index))
     body = await asyncio.get_running_loop().run_in_executor(None, gateway.metrics.render)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
