@@ -12,9 +12,10 @@ from pathlib import Path
 
 import aiohttp
 
+from mixroute.balancer.discovery.kubernetes import DiscoveryError, KubernetesDiscovery
 from mixroute.cache.service import CacheService
 from mixroute.config.loader import ConfigError
-from mixroute.config.schema import GuardsConfig, MixrouteConfig
+from mixroute.config.schema import EndpointConfig, GuardsConfig, MixrouteConfig
 from mixroute.config.watcher import ConfigWatcher
 from mixroute.guards.service import GuardService
 from mixroute.observability.metrics import Metrics
@@ -40,6 +41,7 @@ class Gateway:
         self.guards: GuardService | None = None
         self._api_guards: GuardService | None = None
         self._assets_lock = asyncio.Lock()
+        self._discovery: KubernetesDiscovery | None = None
 
     def runtime_config_max_body(self) -> int:
         """The body limit is fixed at start (aiohttp reads it once); reloads cannot raise it."""
@@ -69,6 +71,7 @@ class Gateway:
         )
         self._forwarder = Forwarder(self._session, self.metrics)
         self._runtime = await self._build_runtime(self._initial_config, previous=None)
+        await self._update_discovery(self._initial_config)
         self._runtime.start()
         if self._config_path is not None:
             self._watcher = ConfigWatcher(
@@ -82,6 +85,8 @@ class Gateway:
     async def stop(self) -> None:
         if self._watcher is not None:
             await self._watcher.stop()
+        if self._discovery is not None:
+            await self._discovery.stop()
         if self._runtime is not None:
             await self._runtime.stop()
         if self._session is not None:
@@ -105,8 +110,14 @@ class Gateway:
             return
         if old.prober.first_round_done.is_set():
             new.prober.first_round_done.set()
+        # No await between this sync and the swap: no discovery change can fall in between.
+        self._sync_discovered(new, previous=old)
         new.start()
         self._runtime = new
+        try:
+            await self._update_discovery(config)
+        except DiscoveryError as exc:
+            log.error("kubernetes discovery could not start: %s", exc)
         self.metrics.config_reloads.labels("applied").inc()
         await old.stop()
 
@@ -178,6 +189,48 @@ class Gateway:
             )
         if old is not None:
             await old.close()
+
+    async def _update_discovery(self, config: MixrouteConfig) -> None:
+        """Start, restart or stop Kubernetes discovery when its settings change."""
+        wanted = config.discovery.kubernetes
+        current = self._discovery
+        if current is not None and current.config == wanted:
+            return
+        if current is not None:
+            await current.stop()
+            self._discovery = None
+            self._on_discovered([])
+        if wanted is not None:
+            discovery = KubernetesDiscovery(wanted, self._on_discovered, self.session)
+            await discovery.start()
+            self._discovery = discovery
+
+    def _on_discovered(self, configs: list[EndpointConfig]) -> None:
+        runtime = self.runtime
+        added, removed = runtime.registry.sync(
+            configs, runtime.config.balancer.circuit_breaker, source="kubernetes"
+        )
+        if added or removed:
+            log.info("kubernetes discovery: added %s, removed %s", added, removed)
+
+    def _sync_discovered(self, runtime: Runtime, previous: Runtime) -> None:
+        """A rebuilt registry holds only static endpoints: put the discovered ones back,
+        keeping each one's state (health, breaker, counters) when its name and URL held."""
+        if self._discovery is None:
+            return
+        configs = self._discovery.current()
+        runtime.registry.sync(configs, runtime.config.balancer.circuit_breaker, "kubernetes")
+        for config in configs:
+            old, new = previous.registry.get(config.name), runtime.registry.get(config.name)
+            if (
+                old is not None
+                and new is not None
+                and old.url == new.url
+                and previous.registry.source_of(config.name) == "kubernetes"
+                and runtime.registry.source_of(config.name) == "kubernetes"
+            ):
+                new.state = old.state
+                new.state.breaker.settings = runtime.config.balancer.circuit_breaker
 
     def _reload_rejected(self, error: ConfigError) -> None:
         self.metrics.config_reloads.labels("rejected").inc()

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mixroute.balancer.discovery.config import KubernetesDiscoveryConfig
+
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 POLICY_NAMES = (
     "round_robin",
@@ -596,6 +598,12 @@ class GuardsConfig(StrictModel):
     jailbreak: JailbreakGuardConfig = Field(default_factory=JailbreakGuardConfig)
 
 
+class DiscoveryConfig(StrictModel):
+    """Sources that add endpoints at run time (docs/balancer.md, Discovery)."""
+
+    kubernetes: KubernetesDiscoveryConfig | None = None
+
+
 class MixrouteConfig(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
@@ -608,6 +616,7 @@ class MixrouteConfig(StrictModel):
     routes: list[RouteConfig] = Field(default_factory=list)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> MixrouteConfig:
@@ -704,7 +713,12 @@ class MixrouteConfig(StrictModel):
         )
 
     def served_models(self) -> set[str]:
-        return {e.model for e in self.endpoints}
+        served = {e.model for e in self.endpoints}
+        if self.discovery.kubernetes is not None:
+            # Discovered endpoints appear at run time: models declared under `models:` count
+            # as served, so aliases, routes and the default model may name them.
+            served |= set(self.models)
+        return served
 
     def aliases(self) -> dict[str, str]:
         return {a: m for m, s in self.models.items() for a in s.aliases}
