@@ -27,6 +27,21 @@ def shared_sims() -> Iterator[SimPool]:
     pool.stop_all()
 
 
+@pytest.fixture(scope="module")
+def demo_sims() -> Iterator[SimPool]:
+    """The demo's model pool (every demo model, two replicas each), per test module."""
+    from mixroute.demo import DEMO_MODELS
+
+    pool = SimPool()
+    for model in DEMO_MODELS:
+        for replica in range(2):
+            pool.start(model, f"{model}-{replica}", wait=False)
+    for sim in pool.sims:
+        sim.wait_healthy()
+    yield pool
+    pool.stop_all()
+
+
 @pytest.fixture
 async def gateways() -> AsyncIterator[list[RunningGateway]]:
     started: list[RunningGateway] = []

@@ -15,21 +15,9 @@ from aiohttp import web
 
 from helpers import RunningGateway, SimPool, free_port, start_gateway
 from mixroute.config.loader import validate_config
-from mixroute.demo import DEMO_MODELS, demo_config
+from mixroute.demo import demo_config
 
 EMAIL = "jane.doe@example.com"
-
-
-@pytest.fixture(scope="module")
-def demo_sims() -> Any:
-    pool = SimPool()
-    for model in DEMO_MODELS:
-        for replica in range(2):
-            pool.start(model, f"{model}-{replica}", wait=False)
-    for sim in pool.sims:
-        sim.wait_healthy()
-    yield pool
-    pool.stop_all()
 
 
 @pytest.fixture

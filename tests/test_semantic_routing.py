@@ -17,18 +17,6 @@ from mixroute.demo import DEMO_MODELS, demo_config
 MODELS = DEMO_MODELS
 
 
-@pytest.fixture(scope="module")
-def demo_sims() -> Any:
-    pool = SimPool()
-    for model in MODELS:
-        for replica in range(2):
-            pool.start(model, f"{model}-{replica}", wait=False)
-    for sim in pool.sims:
-        sim.wait_healthy()
-    yield pool
-    pool.stop_all()
-
-
 async def start(
     demo_sims: SimPool, gateways: list[RunningGateway], **changes: Any
 ) -> RunningGateway:

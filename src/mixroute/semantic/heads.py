@@ -15,22 +15,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-DOMAIN_CATEGORIES = (
-    "biology",
-    "business",
-    "chemistry",
-    "computer science",
-    "economics",
-    "engineering",
-    "health",
-    "history",
-    "law",
-    "math",
-    "philosophy",
-    "physics",
-    "psychology",
-    "other",
-)
+from mixroute.config.schema import DOMAIN_LABELS
+
+# The 14 MMLU-Pro categories, in the order the built-in head's classes use.
+DOMAIN_CATEGORIES = DOMAIN_LABELS
 
 
 class HeadError(RuntimeError):
