@@ -156,3 +156,73 @@ async def test_scraper_reads_simulator_metrics(
             metrics = await response.text()
     assert 'mixroute_endpoint_engine_kv_usage_ratio{endpoint="alpha-0"}' in metrics
     assert "mixroute_balancer_picks_total{endpoint=" in metrics
+
+
+async def test_kv_events_route_to_the_replica_that_really_holds_the_prefix(
+    sim_pool: SimPool, gateways: list[RunningGateway]
+) -> None:
+    from helpers import endpoint, free_port
+    from mixroute.config.loader import validate_config
+
+    sims = []
+    for i in range(3):
+        pub, replay = free_port(), free_port()
+        sim = sim_pool.start(
+            "alpha",
+            f"alpha-{i}",
+            "--kv-events-port",
+            str(pub),
+            "--kv-events-replay-port",
+            str(replay),
+        )
+        sims.append((sim, pub, replay))
+    config = validate_config(
+        {
+            "endpoints": [
+                endpoint(
+                    sim,
+                    kv_events={
+                        "pub": f"tcp://127.0.0.1:{pub}",
+                        "replay": f"tcp://127.0.0.1:{replay}",
+                        "block_size": 16,
+                    },
+                )
+                for sim, pub, replay in sims
+            ],
+            "models": {"alpha": {"tokenizer": {"kind": "sim"}}},
+            "balancer": {"policy": "kv_aware", "health": {"interval_s": 0.5}},
+        }
+    )
+    gw = await start_gateway(config)
+    gateways.append(gw)
+    kv = gw.gateway.runtime.kv
+    assert kv is not None
+    body = {
+        "model": "alpha",
+        "max_tokens": 2,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "What is the refund window?"},
+        ],
+    }
+    target = sims[2][0]
+    async with aiohttp.ClientSession() as session:
+        for _ in range(50):  # wait until every subscriber is connected and in sync
+            if all(s.synced.is_set() for s in kv._subscribers.values()):
+                break
+            await asyncio.sleep(0.1)
+        # Warm one replica directly, behind the gateway's back: only its KV events tell.
+        async with session.post(target.url + "/v1/chat/completions", json=body) as response:
+            assert response.status == 200
+        for _ in range(50):
+            if kv.index.blocks(target.name) > 10:
+                break
+            await asyncio.sleep(0.1)
+        for _ in range(3):
+            async with session.post(
+                gw.url + "/v1/chat/completions", json=body, headers={"x-mixroute-debug": "1"}
+            ) as response:
+                assert response.status == 200
+                assert response.headers["x-mixroute-endpoint"] == target.name
+                cached = int(response.headers["x-sim-cached-tokens"])
+                assert cached > 100  # the replica really had the prefix

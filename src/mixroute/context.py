@@ -54,4 +54,6 @@ class RequestContext:
     pii_found: bool = False  # PII was seen in the request: it is never cached
     prefix_hashes: list[bytes] | None = None  # the prompt's block hashes, computed once
     balancer_scores: str | None = None  # debug: why the balancer picked what it picked
+    # Exact prefix matches from KV events: (blocks held per endpoint, blocks in the prompt).
+    kv_matches: tuple[dict[str, int], int] | None = None
     response_headers: dict[str, str] = field(default_factory=dict)

@@ -11,6 +11,7 @@ import time
 
 import aiohttp
 
+from mixroute.balancer.exact_prefix import KVEventTracking
 from mixroute.balancer.health import HealthProber
 from mixroute.balancer.policies import RoutingPolicy, build_policy
 from mixroute.balancer.prefix import PrefixIndex
@@ -47,6 +48,7 @@ class Runtime:
             else PrefixIndex(balancer.prefix.max_index_blocks)
         )
         self._metrics = metrics
+        self.kv = KVEventTracking(config) if any(e.kv_events for e in config.endpoints) else None
         self.scraper: StatsScraper | None = None
         if self._wants_stats():
             stats = balancer.stats
@@ -68,11 +70,15 @@ class Runtime:
         self.prober.start()
         if self.scraper is not None:
             self.scraper.start()
+        if self.kv is not None:
+            self.kv.start()
 
     async def stop(self) -> None:
         await self.prober.stop()
         if self.scraper is not None:
             await self.scraper.stop()
+        if self.kv is not None:
+            await self.kv.stop()
 
     def is_auto(self, model: str) -> bool:
         return model in self.auto_models

@@ -157,6 +157,12 @@ class PrefixScorer:
         return request.prefix_hashes
 
     def scores(self, endpoints: Sequence[Endpoint], request: RequestContext) -> list[float]:
+        if request.kv_matches is not None:  # exact, from the engines' KV events
+            held, total = request.kv_matches
+            if total and max(held.get(e.name, 0) for e in endpoints) >= self._min_blocks:
+                return [held.get(e.name, 0) / total for e in endpoints]
+            if total:
+                return [0.0] * len(endpoints)
         hashes = self.hashes(request)
         if not hashes:
             return [0.0] * len(endpoints)

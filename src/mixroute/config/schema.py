@@ -75,6 +75,29 @@ class AuthConfig(StrictModel):
         return self
 
 
+class KVEventsConfig(StrictModel):
+    """Where an engine publishes its KV-cache events (vLLM's ZMQ publisher; docs/kv-events.md)."""
+
+    pub: str = Field(description="The PUB socket, e.g. tcp://10.0.0.5:5557.")
+    replay: str | None = Field(None, description="The replay (ROUTER) socket, for gaps.")
+    topic: str = ""
+    block_size: int = Field(16, ge=1, description="The engine's KV block size in tokens.")
+
+
+class TokenizerConfig(StrictModel):
+    """The engine's tokenizer, needed to match requests against KV events exactly."""
+
+    kind: Literal["hf", "sim"] = Field(description="hf: a tokenizer.json; sim: the simulator's.")
+    path: str | None = None
+    template: Literal["chatml", "llama3"] = "chatml"
+
+    @model_validator(mode="after")
+    def _path_for_hf(self) -> TokenizerConfig:
+        if self.kind == "hf" and not self.path:
+            raise ValueError("tokenizer kind 'hf' needs path (a tokenizer.json)")
+        return self
+
+
 class EndpointConfig(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     url: str
@@ -87,6 +110,7 @@ class EndpointConfig(StrictModel):
     weight: float = Field(1.0, gt=0)
     labels: dict[str, str] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    kv_events: KVEventsConfig | None = None
     role: Literal["both", "prefill", "decode"] = Field(
         "both",
         description="Disaggregated serving: a model with prefill endpoints sends each "
@@ -123,6 +147,9 @@ class ModelConfig(StrictModel):
     )
     context_length: int | None = Field(None, gt=0, description="Prompt + output tokens.")
     pricing: PricingConfig | None = None
+    tokenizer: TokenizerConfig | None = Field(
+        None, description="The engine's tokenizer, for exact KV-event prefix matching."
+    )
     pii_allowed: list[str] = Field(
         default_factory=list,
         description='PII types this model may receive ("*": all), '

@@ -85,6 +85,8 @@ class Forwarder:
             ctx.response_headers[h.PREFILL_ENDPOINT] = chosen.name
             ctx.body["kv_transfer_params"] = params
             ctx.body_changed = True
+        if runtime.kv is not None:
+            await runtime.kv.annotate(ctx)
         policy = runtime.policy_for(ctx.model)
         retry = runtime.config.balancer.retry
         tried: set[str] = set()

@@ -2,8 +2,9 @@
 
 ``add_arguments`` and ``run`` are the contract with the project's main CLI. The process
 prints one line ``mixroute-sim ready: http://HOST:PORT model=NAME replica=NAME`` on
-stdout once it accepts connections (useful with ``--port 0``), and exits 0 on SIGINT or
-SIGTERM after a short graceful shutdown.
+stdout once it accepts connections (useful with ``--port 0``), followed by
+`` kv_events=tcp://HOST:PORT`` (and `` kv_replay=tcp://HOST:PORT``) when KV events are
+published, and exits 0 on SIGINT or SIGTERM after a short graceful shutdown.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import signal
 from collections.abc import Callable
 
 from mixroute.sim.server import SimServer
-from mixroute.sim.settings import HANG_MODES, SimSettings
+from mixroute.sim.settings import HANG_MODES, KV_EVENT_ENCODINGS, SimSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +105,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="zero prefill/decode time (gateway throughput benchmarks)",
     )
 
+    kv = parser.add_argument_group("KV events (vLLM's --kv-events-config, publisher zmq)")
+    kv.add_argument(
+        "--kv-events-port",
+        type=int,
+        default=None,
+        help="publish KV-cache events on a ZMQ PUB socket on this port (0: a free one)",
+    )
+    kv.add_argument(
+        "--kv-events-replay-port",
+        type=int,
+        default=None,
+        help="serve missed batches on a ZMQ ROUTER socket on this port (0: a free one)",
+    )
+    kv.add_argument(
+        "--kv-events-topic",
+        default=None,
+        help="topic frame of every message (default: kv@REPLICA@MODEL)",
+    )
+    kv.add_argument(
+        "--kv-events-encoding",
+        choices=KV_EVENT_ENCODINGS,
+        default=d.kv_events_encoding,
+        help="events as positional arrays (vLLM before PR #42892) or tagged maps "
+        "(after it) (default: %(default)s)",
+    )
+    kv.add_argument(
+        "--kv-events-buffer-steps",
+        type=int,
+        default=d.kv_events_buffer_steps,
+        help="batches kept for replay (default: %(default)s)",
+    )
+
     flt = parser.add_argument_group("fault injection")
     flt.add_argument(
         "--error-rate",
@@ -174,6 +207,11 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         crash_after=args.crash_after,
         seed=args.seed,
         shutdown_timeout_s=args.shutdown_timeout_s,
+        kv_events_port=args.kv_events_port,
+        kv_events_replay_port=args.kv_events_replay_port,
+        kv_events_topic=args.kv_events_topic,
+        kv_events_encoding=args.kv_events_encoding,
+        kv_events_buffer_steps=args.kv_events_buffer_steps,
     )
 
 
@@ -185,11 +223,16 @@ async def serve(settings: SimSettings) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with SimServer(settings) as server:
-            print(
+            line = (
                 f"mixroute-sim ready: {server.url} model={settings.model} "
-                f"replica={server.replica_name}",
-                flush=True,
+                f"replica={server.replica_name}"
             )
+            publisher = server.kv_events
+            if publisher is not None:
+                line += f" kv_events={publisher.pub_address}"
+                if publisher.replay_address is not None:
+                    line += f" kv_replay={publisher.replay_address}"
+            print(line, flush=True)
             await stop.wait()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from mixroute.sim.metrics import CacheConfig, EngineCounters, EngineGauges
-from mixroute.sim.prefix_cache import PrefixCache, block_hashes
+from mixroute.sim.prefix_cache import CacheListener, PrefixCache, block_hashes
 from mixroute.sim.settings import SimSettings
 
 
@@ -90,11 +90,11 @@ class RunningRequest:
 class Engine:
     """Batch slots, FIFO waiting queue, prefix cache and the counters behind /metrics."""
 
-    def __init__(self, settings: SimSettings) -> None:
+    def __init__(self, settings: SimSettings, cache_listener: CacheListener | None = None) -> None:
         self._settings = settings
         self.block_size = settings.block_size
         self.counters = EngineCounters()
-        self._cache = PrefixCache(settings.prefix_cache_blocks)
+        self._cache = PrefixCache(settings.prefix_cache_blocks, cache_listener)
         self._slots_used = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._running: set[RunningRequest] = set()
@@ -166,8 +166,16 @@ class Engine:
         hashes = block_hashes(prompt_ids, self.block_size)
         matchable = max(len(prompt_ids) - 1, 0) // self.block_size
         hit_blocks = self._cache.match(hashes[:matchable])
-        self._cache.insert(hashes)
+        self._cache.insert(hashes, prompt_ids, self.block_size)
         return hit_blocks * self.block_size
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached block (vLLM's ``/reset_prefix_cache``).
+
+        Running requests keep running: only hit/miss bookkeeping lives in the cache here,
+        so, unlike vLLM, there are no in-use blocks that could make the reset fail.
+        """
+        self._cache.clear()
 
     @asynccontextmanager
     async def schedule(self, prompt_ids: Sequence[int]) -> AsyncIterator[RunningRequest]:

@@ -5,6 +5,9 @@ covers the hash of the previous block, so a block only matches when the whole pr
 before it matches too. A request reuses the longest run of leading blocks found in the
 cache and skips their prefill. Here the cache is an LRU of block hashes with a fixed
 capacity; only the hit/miss bookkeeping is simulated, no memory is held.
+
+A ``CacheListener`` (the KV-event publisher, ``kv_events``) hears what vLLM would announce:
+blocks newly stored (with their tokens and parent), blocks evicted, the cache cleared.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from hashlib import blake2b
+from typing import Protocol
 
 _ROOT_HASH = 0
 
@@ -31,12 +35,28 @@ def block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
     return hashes
 
 
+class CacheListener(Protocol):
+    """Hears the cache's changes, in the order they happen (vLLM's KV-event vocabulary)."""
+
+    def blocks_stored(
+        self, block_hashes: Sequence[int], parent_hash: int | None, token_ids: Sequence[int]
+    ) -> None:
+        """Consecutive blocks newly cached; ``parent_hash`` is the block before the first."""
+
+    def blocks_removed(self, block_hashes: Sequence[int]) -> None:
+        """Blocks evicted."""
+
+    def all_cleared(self) -> None:
+        """Every block dropped at once (prefix cache reset)."""
+
+
 class PrefixCache:
     """LRU set of block hashes; capacity 0 disables caching."""
 
-    def __init__(self, capacity_blocks: int) -> None:
+    def __init__(self, capacity_blocks: int, listener: CacheListener | None = None) -> None:
         self._capacity = capacity_blocks
         self._blocks: OrderedDict[int, None] = OrderedDict()
+        self._listener = listener
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -55,14 +75,52 @@ class PrefixCache:
             hits += 1
         return hits
 
-    def insert(self, hashes: Sequence[int]) -> None:
-        """Record the blocks as cached, evicting the least recently used beyond capacity."""
+    def insert(
+        self, hashes: Sequence[int], token_ids: Sequence[int] = (), block_size: int = 0
+    ) -> None:
+        """Record the blocks as cached, evicting the least recently used beyond capacity.
+
+        ``token_ids``/``block_size`` (the prompt the hashes were made from) only feed the
+        listener: each run of newly cached blocks is announced with its tokens and parent,
+        then the evictions, so a subscriber replaying the events rebuilds this cache.
+        """
         if self._capacity == 0:
             return
-        for block_hash in hashes:
+        run_start: int | None = None
+        for index, block_hash in enumerate(hashes):
             if block_hash in self._blocks:
                 self._blocks.move_to_end(block_hash)
+                if run_start is not None:
+                    self._announce_stored(hashes, run_start, index, token_ids, block_size)
+                    run_start = None
             else:
                 self._blocks[block_hash] = None
+                if run_start is None:
+                    run_start = index
+        if run_start is not None:
+            self._announce_stored(hashes, run_start, len(hashes), token_ids, block_size)
+        evicted: list[int] = []
         while len(self._blocks) > self._capacity:
-            self._blocks.popitem(last=False)
+            evicted.append(self._blocks.popitem(last=False)[0])
+        if evicted and self._listener is not None:
+            self._listener.blocks_removed(evicted)
+
+    def clear(self) -> None:
+        """Drop every block (``/reset_prefix_cache``)."""
+        self._blocks.clear()
+        if self._listener is not None:
+            self._listener.all_cleared()
+
+    def _announce_stored(
+        self,
+        hashes: Sequence[int],
+        start: int,
+        stop: int,
+        token_ids: Sequence[int],
+        block_size: int,
+    ) -> None:
+        if self._listener is None:
+            return
+        parent = hashes[start - 1] if start > 0 else None
+        tokens = token_ids[start * block_size : stop * block_size]
+        self._listener.blocks_stored(hashes[start:stop], parent, tokens)

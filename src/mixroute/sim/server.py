@@ -7,6 +7,10 @@ that disconnects frees its batch slot, as vLLM aborts requests of dropped connec
 
 Every response carries ``x-sim-replica`` (``--replica-name``, default ``host:port``) so
 tests behind a gateway can see which replica served them.
+
+With ``kv_events_port`` set, the prefix cache's changes are published as vLLM's KV events
+(``kv_events``; pyzmq and msgpack are imported only then), and ``POST /reset_prefix_cache``
+clears the cache as vLLM's does (which then publishes ``AllBlocksCleared``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -23,6 +28,9 @@ from mixroute.sim.faults import FaultInjector
 from mixroute.sim.handlers import SimHandlers, json_response
 from mixroute.sim.protocol import SimError
 from mixroute.sim.settings import SimSettings
+
+if TYPE_CHECKING:
+    from mixroute.sim.kv_events import KVEventPublisher
 
 HEADER_REPLICA = "x-sim-replica"
 # Paths that answer during slow start: a scraper should see the replica, not an error.
@@ -46,17 +54,49 @@ FAULTS_KEY = web.AppKey("mixroute_sim_faults", FaultInjector)
 REPLICA_KEY = web.AppKey("mixroute_sim_replica", ReplicaName)
 
 
+class KVEvents:
+    """The app's KV-event publisher, if the settings ask for one."""
+
+    def __init__(self, publisher: KVEventPublisher | None) -> None:
+        self.publisher = publisher
+
+
+KV_EVENTS_KEY = web.AppKey("mixroute_sim_kv_events", KVEvents)
+
+
 def _default_replica_name(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def _kv_event_publisher(settings: SimSettings, replica: ReplicaName) -> KVEventPublisher | None:
+    if settings.kv_events_port is None:
+        return None
+    from mixroute.sim.kv_events import KVEventPublisher, default_topic
+
+    def topic() -> str:
+        if settings.kv_events_topic is not None:
+            return settings.kv_events_topic
+        return default_topic(replica.value, settings.model)
+
+    return KVEventPublisher(
+        host=settings.host,
+        port=settings.kv_events_port,
+        replay_port=settings.kv_events_replay_port,
+        topic=topic,
+        block_size=settings.block_size,
+        encoding=settings.kv_events_encoding,
+        buffer_steps=settings.kv_events_buffer_steps,
+    )
+
+
 def build_app(settings: SimSettings) -> web.Application:
     """A ready-to-run simulator application for ``settings``."""
-    engine = Engine(settings)
-    faults = FaultInjector(settings)
     replica = ReplicaName(
         settings.replica_name or _default_replica_name(settings.host, settings.port)
     )
+    publisher = _kv_event_publisher(settings, replica)
+    engine = Engine(settings, publisher)
+    faults = FaultInjector(settings)
 
     @web.middleware
     async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -85,6 +125,17 @@ def build_app(settings: SimSettings) -> web.Application:
 
     async def on_startup(app: web.Application) -> None:
         faults.mark_started(asyncio.get_running_loop().time())
+        if publisher is not None:
+            await publisher.start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        if publisher is not None:
+            await publisher.close()
+
+    async def reset_prefix_cache(request: web.Request) -> web.Response:
+        """vLLM's ``POST /reset_prefix_cache``: 200 with an empty body."""
+        engine.reset_prefix_cache()
+        return web.Response(status=200)
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         response.headers[HEADER_REPLICA] = replica.value
@@ -94,8 +145,11 @@ def build_app(settings: SimSettings) -> web.Application:
     app[ENGINE_KEY] = engine
     app[FAULTS_KEY] = faults
     app[REPLICA_KEY] = replica
+    app[KV_EVENTS_KEY] = KVEvents(publisher)
     app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
     app.on_response_prepare.append(on_prepare)
+    app.router.add_post("/reset_prefix_cache", reset_prefix_cache)
     SimHandlers(settings, engine, faults).register(app)
     return app
 
@@ -128,6 +182,11 @@ class SimServer:
     @property
     def replica_name(self) -> str:
         return self.app[REPLICA_KEY].value
+
+    @property
+    def kv_events(self) -> KVEventPublisher | None:
+        """The KV-event publisher (its ``pub_address``/``replay_address`` once started)."""
+        return self.app[KV_EVENTS_KEY].publisher
 
     async def start(self) -> None:
         runner = web.AppRunner(

@@ -13,6 +13,9 @@ from typing import Literal
 
 HangMode = Literal["before-headers", "mid-stream"]
 HANG_MODES: tuple[HangMode, ...] = ("before-headers", "mid-stream")
+# vLLM's KV events: positional msgpack arrays before vLLM PR #42892, tagged maps after it.
+KVEventEncoding = Literal["array", "map"]
+KV_EVENT_ENCODINGS: tuple[KVEventEncoding, ...] = ("array", "map")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,11 @@ class SimSettings:
     ``max_waiting`` waiters, beyond that 503), then prefills the prompt tokens that
     missed the prefix cache at ``prefill_ms_per_token``, then produces each output
     token in ``decode_ms_per_token * (1 + batch_slowdown * (running - 1))``.
+
+    KV events (``kv_events_port`` set; 0 picks a free port): the prefix cache's changes are
+    published as vLLM's ZMQ ``KVEventBatch`` messages on ``kv_events_topic`` (default
+    ``kv@<replica>@<model>``); ``kv_events_replay_port`` adds the replay socket, which
+    keeps the last ``kv_events_buffer_steps`` batches.
     """
 
     model: str
@@ -48,6 +56,11 @@ class SimSettings:
     crash_after: int | None = None
     seed: int = 0
     shutdown_timeout_s: float = 1.0
+    kv_events_port: int | None = None  # None: no KV events
+    kv_events_replay_port: int | None = None  # None: no replay socket
+    kv_events_topic: str | None = None  # None: "kv@<replica>@<model>"
+    kv_events_encoding: KVEventEncoding = "array"
+    kv_events_buffer_steps: int = 10_000
 
     def __post_init__(self) -> None:
         """Reject impossible values early so a typo fails at start, not mid-benchmark."""
@@ -85,3 +98,23 @@ class SimSettings:
             raise ValueError(f"crash_after must be >= 0, got {self.crash_after}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be within [0, 65535], got {self.port}")
+        self._check_kv_events()
+
+    def _check_kv_events(self) -> None:
+        for name, kv_port in (
+            ("kv_events_port", self.kv_events_port),
+            ("kv_events_replay_port", self.kv_events_replay_port),
+        ):
+            if kv_port is not None and not 0 <= kv_port <= 65535:
+                raise ValueError(f"{name} must be within [0, 65535], got {kv_port}")
+        if self.kv_events_replay_port is not None and self.kv_events_port is None:
+            raise ValueError("kv_events_replay_port needs kv_events_port")
+        if self.kv_events_encoding not in KV_EVENT_ENCODINGS:
+            raise ValueError(
+                f"kv_events_encoding must be one of {KV_EVENT_ENCODINGS}, "
+                f"got {self.kv_events_encoding!r}"
+            )
+        if self.kv_events_buffer_steps < 1:
+            raise ValueError(
+                f"kv_events_buffer_steps must be >= 1, got {self.kv_events_buffer_steps}"
+            )
