@@ -104,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="zero prefill/decode time (gateway throughput benchmarks)",
     )
+    eng.add_argument(
+        "--role",
+        choices=("both", "prefill", "decode"),
+        default=d.role,
+        help="disaggregated serving role (default: %(default)s)",
+    )
 
     kv = parser.add_argument_group("KV events (vLLM's --kv-events-config, publisher zmq)")
     kv.add_argument(
@@ -200,6 +206,7 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         max_tokens_default=args.max_tokens_default,
         embedding_dim=args.embedding_dim,
         no_latency=args.no_latency,
+        role=args.role,
         error_rate=args.error_rate,
         hang_rate=hang_rate,
         hang_mode=args.hang_mode,

@@ -178,11 +178,15 @@ class Engine:
         self._cache.clear()
 
     @asynccontextmanager
-    async def schedule(self, prompt_ids: Sequence[int]) -> AsyncIterator[RunningRequest]:
+    async def schedule(
+        self, prompt_ids: Sequence[int], remote_prefill: bool = False
+    ) -> AsyncIterator[RunningRequest]:
         """Queue, admit and prefill a request; the slot is held until the block exits.
 
-        Raises ``QueueFullError`` when the waiting queue is full. Leaving the block
-        without ``RunningRequest.finish`` (exception, cancellation) counts as an abort.
+        ``remote_prefill``: the prompt's KV blocks were transferred from a prefill replica,
+        so nothing is computed here. Raises ``QueueFullError`` when the waiting queue is
+        full. Leaving the block without ``RunningRequest.finish`` (exception, cancellation)
+        counts as an abort.
         """
         loop = asyncio.get_running_loop()
         arrival = loop.time()
@@ -191,6 +195,8 @@ class Engine:
         try:
             admitted = loop.time() if waited else arrival
             cached = self._lookup_prefix(prompt_ids)
+            if remote_prefill:  # the KV blocks came from a prefill replica
+                cached = len(prompt_ids)
             computed = len(prompt_ids) - cached
             prefill_s = 0.0
             if not self._settings.no_latency:

@@ -30,6 +30,7 @@ from mixroute.sim.settings import SimSettings
 from mixroute.sim.tokenizer import count_tokens, encode, generate_pieces, render_messages
 
 HEADER_ECHO = "x-sim-echo"
+PREFILL_ENGINE_PREFIX = "sim-prefill:"
 HEADER_QUEUE_MS = "x-sim-queue-ms"
 HEADER_PREFILL_MS = "x-sim-prefill-ms"
 HEADER_PROMPT_TOKENS = "x-sim-prompt-tokens"
@@ -158,8 +159,15 @@ class SimHandlers:
         else:
             pieces = generate_pieces(gen.prompt_ids, gen.max_tokens, self._settings.seed)
             answer = _Answer(pieces, len(pieces), "length" if gen.length_limited else "stop")
+        params = body.get("kv_transfer_params")
+        params = params if isinstance(params, dict) else {}
+        remote_prefill = (
+            self._settings.role in ("decode", "both")
+            and params.get("do_remote_prefill") is True
+            and str(params.get("remote_engine_id", "")).startswith(PREFILL_ENGINE_PREFIX)
+        )
         try:
-            async with self._engine.schedule(gen.prompt_ids) as running:
+            async with self._engine.schedule(gen.prompt_ids, remote_prefill) as running:
                 headers = _timing_headers(running)
                 if faults.hang and self._settings.hang_mode == "before-headers":
                     await self._faults.hang_forever()
@@ -180,9 +188,26 @@ class SimHandlers:
                     len(gen.prompt_ids),
                     answer.completion_tokens,
                 )
+                if self._settings.role == "prefill" and params.get("do_remote_decode") is True:
+                    full["kv_transfer_params"] = self._transfer_params(request, gen)
                 return json_response(full, headers=headers)
         except QueueFullError:
             raise self._queue_full() from None
+
+    def _transfer_params(
+        self, request: web.Request, gen: protocol.GenerationRequest
+    ) -> dict[str, Any]:
+        """What vLLM's NIXL connector returns from a prefill: where the KV blocks are."""
+        blocks = len(gen.prompt_ids) // self._settings.block_size
+        host, _, port = (request.host or "127.0.0.1:0").rpartition(":")
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_engine_id": PREFILL_ENGINE_PREFIX + (self._settings.replica_name or host),
+            "remote_block_ids": list(range(blocks)),
+            "remote_host": host,
+            "remote_port": int(port) if port.isdigit() else 0,
+        }
 
     def _queue_full(self) -> protocol.SimError:
         return protocol.SimError(

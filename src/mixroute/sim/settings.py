@@ -49,6 +49,10 @@ class SimSettings:
     max_tokens_default: int = 16
     embedding_dim: int = 384
     no_latency: bool = False
+    # Disaggregated serving: a "prefill" replica answers requests that carry
+    # kv_transfer_params.do_remote_decode with params a "decode" replica accepts; a decode
+    # (or "both") replica skips prefill only for params a prefill replica issued.
+    role: str = "both"
     error_rate: float = 0.0
     hang_rate: float = 0.0
     hang_mode: HangMode = "before-headers"
