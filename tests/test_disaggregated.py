@@ -59,7 +59,7 @@ async def test_prefill_then_decode_with_transferred_kv(
             json={
                 "model": "pd",
                 "max_tokens": 2,
-                "messages": [{"role": "user", "content": PROMPT + " alone"}],
+                "messages": [{"role": "user", "content": "A request nobody prefilled. " * 40}],
             },
         ) as response,
     ):
