@@ -1,12 +1,13 @@
 """Where a one-process mixroute spends its CPU while it passes 64 connections through.
 
-Run with ``.venv/bin/python bench/profile_hotpath.py``. It starts the simulator (``--no-latency``) and
-``mixroute serve --workers 1``, puts wrk's 64-connection load on it (plain, then streamed)
-and samples the gateway with py-spy (``--native``, so the garbage collector, syscalls and
-uvloop's C show up next to the Python frames). The collapsed stacks land in
-``bench/results/profile-{plain,stream}.txt`` (feed them to flamegraph.pl or speedscope), a
-summary in ``bench/results/profile.json``, and the tables in docs/benchmarks.md between the
-``profile`` markers. Percentages are of the samples where the gateway was on a CPU.
+Run with ``.venv/bin/python bench/profile_hotpath.py``. It starts the simulator
+(``--no-latency``) and ``mixroute serve --workers 1``, puts wrk's 64-connection load on it
+(plain, then streamed) and samples the gateway with py-spy (``--native``, so the garbage
+collector, syscalls and uvloop's C show up next to the Python frames). The collapsed stacks
+land in ``bench/results/profile-{plain,stream}.txt`` (feed them to flamegraph.pl or
+speedscope), a summary in ``bench/results/profile.json``, and the tables in
+docs/benchmarks.md between the ``profile`` markers. Percentages are of the samples where
+the gateway was on a CPU.
 """
 
 from __future__ import annotations

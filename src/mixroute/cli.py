@@ -33,6 +33,16 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="gateway + simulated model pool, one command")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument(
+        "--envoy", action="store_true", help="real Envoy in front, mixroute as its ext_proc"
+    )
+
+    extproc = commands.add_parser(
+        "extproc", help="serve routing decisions to Envoy (ext_proc v3 gRPC)"
+    )
+    from mixroute.extproc.server import add_arguments as add_extproc_arguments
+
+    add_extproc_arguments(extproc)
 
     sim = commands.add_parser("sim", help="run the vLLM engine simulator (a stand-in for vLLM)")
     from mixroute.sim.cli import add_arguments
@@ -66,9 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "demo":
+            if args.envoy:
+                from mixroute.extproc.demo import main as envoy_demo_main
+
+                return envoy_demo_main(args.host, args.port)
             from mixroute.demo import main as demo_main
 
             return demo_main(args.host, args.port)
+        if args.command == "extproc":
+            from mixroute.extproc.server import run as run_extproc
+
+            return run_extproc(args)
         if args.command == "sim":
             from mixroute.sim.cli import run
 

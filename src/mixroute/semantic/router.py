@@ -130,6 +130,7 @@ class SemanticRouter:
             route_strength=signals.confidence,
             signals=signals,
             vector=vector,
+            text=text,
         )
         matched = matching_routes(self._config.routes, signals)
         outcome.matched_routes = [route.name for route, _ in matched]

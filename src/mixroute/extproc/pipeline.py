@@ -1,0 +1,175 @@
+"""The gateway's request pipeline, minus the proxying: what Envoy should do with a request.
+
+Headers and the buffered body go in; out comes either a ``Forward`` (the model Envoy routes
+on, the rewritten body, optionally the replica, and what to do with the answer) or a
+``Reply`` the processor sends instead of the upstream (guard refusal, cache hit, error).
+The steps are the gateway's own functions in the gateway's order: parse, choose the model
+(aliases, ``MoM``/``auto`` semantic routing with system prompt, reasoning and tool
+filtering), guards, cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from mixroute import headers as h
+from mixroute.api.caching import CachePlan
+from mixroute.api.openai import PASSTHROUGH_PATHS, _choose_model
+from mixroute.api.parsing import model_from_multipart, parse_json_body
+from mixroute.context import RequestContext
+from mixroute.errors import GatewayError, bad_request, no_healthy_endpoint
+from mixroute.extproc.cache_policy import plan_cache_lookup
+from mixroute.extproc.envoy_config import host_port
+from mixroute.extproc.guard_policy import check_guards
+from mixroute.extproc.replies import Reply, error_reply, hit_reply, refusal_reply
+from mixroute.gateway import Gateway
+from mixroute.runtime import Runtime
+
+KIND_BY_PATH: dict[str, str] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    **{path: "other" for path in PASSTHROUGH_PATHS},
+}
+
+
+def kind_for(path: str) -> str | None:
+    """The gateway's name for what a path does, or None: not ours, Envoy passes it through."""
+    return KIND_BY_PATH.get(path.split("?", 1)[0])
+
+
+@dataclass(slots=True)
+class Forward:
+    """Send the request upstream: to ``model``'s cluster, or to ``destination`` when set."""
+
+    ctx: RequestContext
+    model: str
+    destination: str | None
+    body: bytes | None  # the rewritten body; None when the client's bytes go as they are
+    plan: CachePlan | None  # store the answer in the cache when it completes
+
+
+class RequestPipeline:
+    """One per process; ``run`` is called once per request with its own state."""
+
+    def __init__(self, gateway: Gateway, *, set_destination: bool) -> None:
+        self._gateway = gateway
+        self._set_destination = set_destination
+        self._pid = str(os.getpid())
+
+    async def run(
+        self, kind: str, path: str, headers: Mapping[str, str], raw: bytes
+    ) -> Forward | Reply:
+        started = time.monotonic()
+        runtime = self._gateway.runtime  # taken once: a reload mid-request does not apply
+        request_id = _request_id(headers)
+        try:
+            return await self._run(kind, path, headers, raw, runtime, request_id, started)
+        except GatewayError as exc:
+            self._gateway.metrics.rejected.labels(_reason(exc)).inc()
+            return error_reply(exc, {h.REQUEST_ID: request_id})
+
+    async def _run(
+        self,
+        kind: str,
+        path: str,
+        headers: Mapping[str, str],
+        raw: bytes,
+        runtime: Runtime,
+        request_id: str,
+        started: float,
+    ) -> Forward | Reply:
+        limit = runtime.config.server.max_body_bytes
+        if len(raw) > limit:
+            raise GatewayError(
+                413,
+                f"Request body of {len(raw)} bytes is larger than the {limit}-byte limit.",
+                code="request_too_large",
+            )
+        content_type = headers.get("content-type", "")
+        body = _parse(raw, kind, content_type)
+        requested = body["model"]
+        ctx = RequestContext(
+            request_id=request_id,
+            path=path.split("?", 1)[0],
+            requested_model=requested,
+            model=requested,
+            body=body,
+            raw_body=raw,
+            stream=body.get("stream") is True,
+            tenant=headers.get(h.TENANT),
+            debug=headers.get(h.DEBUG) == "1",
+            started=started,
+        )
+        ctx.response_headers[h.REQUEST_ID] = request_id
+        if ctx.debug:
+            ctx.response_headers[h.WORKER] = self._pid
+        gateway = self._gateway
+        await _choose_model(ctx, runtime, kind, content_type, gateway.metrics)
+        refusal = await check_guards(ctx, runtime, gateway)
+        if refusal is not None:
+            return refusal_reply(ctx, refusal)
+        bypass = headers.get(h.CACHE_CONTROL, "").lower() == "no-cache"
+        lookup = await plan_cache_lookup(ctx, runtime, gateway, bypass=bypass)
+        if lookup.hit is not None and lookup.key is not None:
+            return hit_reply(ctx, lookup.key, lookup.hit)
+        destination, upstream_model = None, ctx.model
+        if self._set_destination:
+            destination, upstream_model = _pick(ctx, runtime)
+        rewritten = None
+        multipart = content_type.startswith("multipart/")
+        if not multipart and (ctx.body_changed or upstream_model != ctx.requested_model):
+            ctx.body["model"] = upstream_model
+            rewritten = orjson.dumps(ctx.body)
+        return Forward(ctx, ctx.model, destination, rewritten, lookup.plan)
+
+    def list_models(self) -> Reply:
+        """``GET /v1/models`` as the gateway answers it: every model plus ``MoM``/``auto``
+        (the default model's replicas behind Envoy would list only themselves)."""
+        runtime = self._gateway.runtime
+        created = int(time.time())
+        names = [*runtime.model_names(), *runtime.config.routing.auto_models]
+        data = [
+            {"id": n, "object": "model", "created": created, "owned_by": "mixroute"} for n in names
+        ]
+        body = orjson.dumps({"object": "list", "data": data})
+        return Reply(200, {"content-type": "application/json"}, body)
+
+
+def _parse(raw: bytes, kind: str, content_type: str) -> dict[str, Any]:
+    """As the gateway parses (``api/openai.py``): JSON, or the model field of a form upload."""
+    if kind == "other" and content_type.startswith("multipart/"):
+        model = model_from_multipart(raw)
+        if not model:
+            raise bad_request("The form has no `model` field.", param="model")
+        return {"model": model}
+    return parse_json_body(raw, kind)
+
+
+def _pick(ctx: RequestContext, runtime: Runtime) -> tuple[str, str]:
+    """The balancer's pick for ``ctx.model``: (``host:port`` for Envoy, the served name)."""
+    name = runtime.pick_endpoint(ctx.model)
+    endpoint = runtime.registry.get(name) if name is not None else None
+    if endpoint is None:
+        raise no_healthy_endpoint(ctx.model)
+    ctx.response_headers[h.ENDPOINT] = endpoint.name
+    return host_port(endpoint.url), endpoint.config.upstream_model
+
+
+def _request_id(headers: Mapping[str, str]) -> str:
+    given = headers.get(h.REQUEST_ID)
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return os.urandom(16).hex()
+
+
+def _reason(exc: GatewayError) -> str:
+    return {413: "too_large", 404: "unknown_model", 503: "no_endpoint"}.get(
+        exc.status, "bad_request"
+    )
