@@ -320,3 +320,17 @@ async def test_cost_and_decision_metrics(gw: RunningGateway) -> None:
     assert cost == pytest.approx((prompt * 0.5 + 20 * 2.0) / 1e6)
     assert samples['mixroute_route_decisions_total{model="math-llm",route="math"}'] == 2
     assert samples["mixroute_decision_duration_seconds_count"] == 2
+
+
+async def test_auto_model_answers_are_cached(gw: RunningGateway) -> None:
+    question = [{"role": "user", "content": "What is the derivative of tan(x)?"}]
+    first = await client(gw).chat.completions.with_raw_response.create(
+        model="MoM", messages=question, max_tokens=5
+    )
+    again = await client(gw).chat.completions.with_raw_response.create(
+        model="MoM", messages=question, max_tokens=5
+    )
+    assert first.headers["x-mixroute-cache"] == "miss"
+    assert again.headers["x-mixroute-cache"] == "hit"
+    assert again.headers["x-mixroute-route"] == "math"
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content

@@ -10,10 +10,11 @@ import orjson
 from aiohttp import web
 
 from mixroute import headers as h
-from mixroute.api.caching import plan_cache, store_answer
+from mixroute.api.caching import plan_cache
 from mixroute.api.guarding import apply_guards
 from mixroute.api.keys import GATEWAY
 from mixroute.api.parsing import model_from_multipart, parse_json_body, read_body
+from mixroute.cache.policy import store_answer
 from mixroute.context import Decision, RequestContext
 from mixroute.errors import bad_request, model_not_found
 from mixroute.observability.metrics import Metrics

@@ -19,16 +19,15 @@ from typing import Any
 import orjson
 
 from mixroute import headers as h
-from mixroute.api.caching import CachePlan
 from mixroute.api.openai import PASSTHROUGH_PATHS, _choose_model
 from mixroute.api.parsing import model_from_multipart, parse_json_body
+from mixroute.cache.policy import CachePlan, plan_cache_lookup
 from mixroute.context import RequestContext
 from mixroute.errors import GatewayError, bad_request, no_healthy_endpoint
-from mixroute.extproc.cache_policy import plan_cache_lookup
 from mixroute.extproc.envoy_config import host_port
-from mixroute.extproc.guard_policy import check_guards
-from mixroute.extproc.replies import Reply, error_reply, hit_reply, refusal_reply
 from mixroute.gateway import Gateway
+from mixroute.guards.policy import check_guards
+from mixroute.replies import Reply, error_reply, hit_reply, refusal_reply
 from mixroute.runtime import Runtime
 
 KIND_BY_PATH: dict[str, str] = {

@@ -27,11 +27,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 
 from mixroute import headers as h
-from mixroute.api.caching import store_answer
+from mixroute.cache.policy import store_answer
 from mixroute.context import ResponseTap
 from mixroute.errors import GatewayError
 from mixroute.extproc.pipeline import Forward, RequestPipeline, kind_for
-from mixroute.extproc.replies import Reply, error_reply
+from mixroute.replies import Reply, error_reply
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
-"""Answers the processor gives itself, as plain (status, headers, body) triples.
+"""Answers mixroute gives itself (guard refusals, cache hits, errors), as plain
+(status, headers, body) triples, the same for every transport.
 
-The shapes are the gateway's: a refusal is a ``content_filter`` chat completion (SSE when the
-client streams) or a 400 error, a cache hit is the stored answer replayed as JSON or SSE,
-and a failure is the OpenAI-shaped error. Envoy sends them to the client as an immediate
-response, so a whole SSE stream is one body here: the client still parses it event by event.
+A refusal is a ``content_filter`` chat completion (SSE when the client streams) or a 400
+error, a cache hit is the stored answer replayed as JSON or SSE, and a failure is the
+OpenAI-shaped error. The HTTP gateway sends a reply as one aiohttp response; Envoy sends it
+as an immediate response. A whole SSE stream is one body: clients parse it event by event.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
+from aiohttp import web
 
 from mixroute import headers as h
 from mixroute.cache.key import CacheRequest
@@ -18,7 +20,7 @@ from mixroute.cache.replay import as_json, as_sse
 from mixroute.cache.store import CacheHit
 from mixroute.context import RequestContext
 from mixroute.errors import GatewayError
-from mixroute.extproc.guard_policy import Refusal
+from mixroute.guards.policy import Refusal
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -38,7 +40,7 @@ def _wants_usage(ctx: RequestContext) -> bool:
 
 
 def refusal_reply(ctx: RequestContext, refusal: Refusal) -> Reply:
-    """What ``api/guarding.py::refuse`` sends, byte for byte apart from the id and time."""
+    """A guard's refusal."""
     headers = dict(ctx.response_headers)
     headers[h.BLOCKED] = refusal.guard
     headers.pop(h.ENDPOINT, None)
@@ -60,7 +62,7 @@ def refusal_reply(ctx: RequestContext, refusal: Refusal) -> Reply:
 
 
 def hit_reply(ctx: RequestContext, key: CacheRequest, hit: CacheHit) -> Reply:
-    """What ``api/caching.py::_serve_hit`` sends for a cache hit."""
+    """A cache hit, replayed as the client asked (JSON or SSE)."""
     headers = dict(ctx.response_headers)
     headers[h.CACHE] = "hit"
     headers.pop(h.ENDPOINT, None)
@@ -83,3 +85,8 @@ def error_reply(error: GatewayError, headers: dict[str, str] | None = None) -> R
     return Reply(
         error.status, {**(headers or {}), "content-type": JSON}, orjson.dumps(error.body())
     )
+
+
+def to_response(reply: Reply) -> web.Response:
+    """The aiohttp response for a reply (the HTTP gateway's transport)."""
+    return web.Response(status=reply.status, headers=reply.headers, body=reply.body)

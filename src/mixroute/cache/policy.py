@@ -1,28 +1,39 @@
-"""The cache lookup without a transport: a plan to store the answer, or the hit to replay.
-
-``api/caching.py::plan_cache`` looks up and answers a hit with an aiohttp response in one
-step. The processor answers a hit as an Envoy immediate response, so this returns the hit
-and leaves the answering to the caller. Same key, same rules, same headers and counters;
-the plan is ``api/caching.py``'s ``CachePlan`` and is stored with its ``store_answer``.
-``api/caching.py::plan_cache`` can become: ``lookup = await plan_cache_lookup(...)``, then
-serve ``lookup.hit`` or return ``lookup.plan``.
-"""
+"""The cache on the request path, without a transport: a plan to store the answer, or the
+hit to replay. The HTTP gateway (``api/caching.py``) answers a hit with an aiohttp response,
+the ext_proc processor with an Envoy immediate response; both decide here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from mixroute import headers as h
-from mixroute.api.caching import CachePlan
 from mixroute.cache.capture import AnswerCapture
 from mixroute.cache.key import CacheRequest, cache_request
+from mixroute.cache.service import CacheService
 from mixroute.cache.store import CacheHit
 from mixroute.context import RequestContext
 from mixroute.gateway import Gateway
 from mixroute.runtime import Runtime
+from mixroute.semantic.embedding import Vector
 from mixroute.semantic.text import classification_text, extract_conversation
 
 CACHED_PATH = "/v1/chat/completions"
+
+
+@dataclass(slots=True)
+class CachePlan:
+    """A miss that may be stored: the capture collects the answer as it passes."""
+
+    service: CacheService
+    request: CacheRequest
+    vector: Vector
+    capture: AnswerCapture
+
+
+async def store_answer(plan: CachePlan | None) -> None:
+    """Store the captured answer if it was complete (the capture decides)."""
+    if plan is not None and plan.capture.answer is not None:
+        await plan.service.store(plan.request, plan.vector, plan.capture.answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +63,7 @@ async def plan_cache_lookup(
         return NO_CACHE
     text = ctx.classified_text
     vector = ctx.vector
-    if not text or vector is None:  # empty: not known (the router left it unset), not "no text"
+    if not text or vector is None:  # explicit-model requests: classify the text here
         assets = await gateway.semantic_assets()
         conversation = extract_conversation("chat", ctx.path, ctx.body)
         settings = runtime.config.semantic.conversation
