@@ -24,6 +24,7 @@ import aiohttp
 import yaml
 
 from mixroute.config.loader import validate_config
+from mixroute.config.schema import MixrouteConfig
 from mixroute.server import serve_until_stopped
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -71,7 +72,7 @@ async def start_simulator(model: str, name: str, extra: list[str] | None = None)
         name,
         *(extra or []),
         stdout=asyncio.subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     return Simulator(model, name, port, process)
 
@@ -288,17 +289,23 @@ def demo_config(simulators: list[Simulator], head: str | None = None) -> dict[st
     }
 
 
+async def start_pool(simulators: list[Simulator], workdir: Path) -> tuple[MixrouteConfig, Path]:
+    """Start the demo's simulators (appended to ``simulators`` as they start, so the caller
+    can stop them whatever happens) and write the demo config next to them."""
+    for model in DEMO_MODELS:
+        for replica in range(REPLICAS_PER_MODEL):
+            simulators.append(await start_simulator(model, f"{model}-{replica}"))
+    await wait_healthy(simulators)
+    raw = demo_config(simulators)
+    config_path = workdir / "config.yaml"
+    await asyncio.to_thread(config_path.write_text, yaml.safe_dump(raw, sort_keys=False))
+    return validate_config(raw, source=str(config_path)), config_path
+
+
 async def run_demo(host: str, port: int, workdir: Path) -> None:
     simulators: list[Simulator] = []
     try:
-        for model in DEMO_MODELS:
-            for replica in range(REPLICAS_PER_MODEL):
-                simulators.append(await start_simulator(model, f"{model}-{replica}"))
-        await wait_healthy(simulators)
-        raw = demo_config(simulators)
-        config_path = workdir / "config.yaml"
-        await asyncio.to_thread(config_path.write_text, yaml.safe_dump(raw, sort_keys=False))
-        config = validate_config(raw, source=str(config_path))
+        config, config_path = await start_pool(simulators, workdir)
         started = asyncio.Event()
         server = asyncio.create_task(
             serve_until_stopped(config, config_path, host, port, started=started)

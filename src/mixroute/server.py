@@ -46,10 +46,10 @@ def run_server(
             finally:
                 os._exit(code)
         children.append(pid)
-    return _supervise(children)
+    return supervise(children)
 
 
-def _supervise(children: list[int]) -> int:
+def supervise(children: list[int]) -> int:
     """Forward SIGINT/SIGTERM to the workers and wait for all of them."""
 
     def forward(signum: int, _frame: object) -> None:

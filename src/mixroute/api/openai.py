@@ -87,7 +87,7 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
     ctx.response_headers[h.REQUEST_ID] = request_id
     if ctx.debug:
         ctx.response_headers[h.WORKER] = str(os.getpid())
-    await _choose_model(ctx, runtime, kind, request.content_type, gateway.metrics)
+    await choose_model(ctx, runtime, kind, request.content_type, gateway.metrics)
     ctx.session_key = _session_key(request, body, runtime)
     refusal = await apply_guards(request, ctx, runtime, gateway)
     if refusal is not None:
@@ -109,7 +109,7 @@ def _parse(raw: bytes, kind: str, content_type: str) -> dict[str, Any]:
     return parse_json_body(raw, kind)
 
 
-async def _choose_model(
+async def choose_model(
     ctx: RequestContext, runtime: Runtime, kind: str, content_type: str, metrics: Metrics
 ) -> None:
     if runtime.is_auto(ctx.requested_model):

@@ -22,20 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from mixroute import headers as h
-from mixroute.config.loader import validate_config
 from mixroute.demo import (
     DEMO_MODELS,
     REPLICAS_PER_MODEL,
     Simulator,
-    _die_with_parent,
-    demo_config,
+    die_with_parent,
     free_port,
-    start_simulator,
+    start_pool,
     stop_simulators,
-    wait_healthy,
 )
 from mixroute.extproc.envoy_config import EnvoySettings, clusters_from_config, render_bootstrap
 from mixroute.extproc.launcher import envoy_argv
@@ -54,14 +50,7 @@ async def run_envoy_demo(host: str, port: int, workdir: Path | None = None) -> N
     envoy: asyncio.subprocess.Process | None = None
     processor: asyncio.Task[None] | None = None
     try:
-        for model in DEMO_MODELS:
-            for replica in range(REPLICAS_PER_MODEL):
-                simulators.append(await start_simulator(model, f"{model}-{replica}"))
-        await wait_healthy(simulators)
-        raw = demo_config(simulators)
-        config_path = workdir / "config.yaml"
-        await asyncio.to_thread(config_path.write_text, yaml.safe_dump(raw, sort_keys=False))
-        config = validate_config(raw, source=str(config_path))
+        config, config_path = await start_pool(simulators, workdir)
 
         # Envoy first, the processor after: Envoy waits for it (500s until then, which the
         # readiness probe rides out), and no process is forked while gRPC threads run.
@@ -80,7 +69,7 @@ async def run_envoy_demo(host: str, port: int, workdir: Path | None = None) -> N
         envoy = await asyncio.create_subprocess_exec(
             *envoy_argv(envoy_path),
             stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         options = ServeOptions("127.0.0.1", grpc_port)

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from mixroute import headers as h
-from mixroute.api.openai import PASSTHROUGH_PATHS, _choose_model
+from mixroute.api.openai import PASSTHROUGH_PATHS, choose_model
 from mixroute.api.parsing import model_from_multipart, parse_json_body
 from mixroute.cache.policy import CachePlan, plan_cache_lookup
 from mixroute.context import RequestContext
@@ -110,7 +110,7 @@ class RequestPipeline:
         if ctx.debug:
             ctx.response_headers[h.WORKER] = self._pid
         gateway = self._gateway
-        await _choose_model(ctx, runtime, kind, content_type, gateway.metrics)
+        await choose_model(ctx, runtime, kind, content_type, gateway.metrics)
         refusal = await check_guards(ctx, runtime, gateway)
         if refusal is not None:
             return refusal_reply(ctx, refusal)

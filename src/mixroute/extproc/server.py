@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers <= 1:
         _run_worker(config, args.config, options)
         return 0
-    from mixroute.server import _supervise
+    from mixroute.server import supervise
 
     children: list[int] = []
     for _ in range(args.workers):
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 os._exit(code)
         children.append(pid)
-    return _supervise(children)
+    return supervise(children)
 
 
 @dataclass(frozen=True)
