@@ -234,10 +234,20 @@ def jailbreak_report(args: argparse.Namespace) -> str:
     return evaluation.format() + "\n"
 
 
+def tools_report(args: argparse.Namespace) -> str:
+    """How often the right tool survives tool selection, and the prompt tokens saved."""
+    import asyncio
+
+    from mixroute.evaluation.tools import evaluate_tools, format_tools_report
+
+    model = EmbeddingModel(builtin_minilm(), threads=1)
+    return format_tools_report(asyncio.run(evaluate_tools(model, args.file)))
+
+
 # Tasks whose evaluation is not a single-label classification: each returns a text report.
 # Without FILE they run on the package's own held-out data.
 REPORT_TASKS: Mapping[str, Callable[[argparse.Namespace], str]] = MappingProxyType(
-    {"cache": cache_report, "pii": pii_report, "jailbreak": jailbreak_report}
+    {"cache": cache_report, "pii": pii_report, "jailbreak": jailbreak_report, "tools": tools_report}
 )
 
 
