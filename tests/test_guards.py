@@ -123,11 +123,12 @@ class RecordingUpstream:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.answer = ["Sure, I will write to ", "[EMAIL_", "ADDRESS_1] today."]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
-        answer = ["Sure, I will write to ", "[EMAIL_", "ADDRESS_1] today."]
+        answer = self.answer
         if not body.get("stream"):
             return web.json_response(
                 {
@@ -257,3 +258,19 @@ async def test_classify_pii_and_security_api(gw: RunningGateway) -> None:
         ) as r:
             batch = await r.json()
         assert [r["has_pii"] for r in batch["results"]] == [False, True]
+
+
+async def test_output_scan_masks_pii_the_model_produced(
+    upstream: tuple[RecordingUpstream, str], gateways: list[RunningGateway]
+) -> None:
+    recorder, url = upstream
+    recorder.answer = [f"I wrote to {EMAIL}. ", "Our support line is (415) 555-0199."]
+    gw = await start_gateway(guarded(url, "flag", output="mask"))
+    gateways.append(gw)
+    raw = await client(gw).chat.completions.with_raw_response.create(
+        model="cloud", messages=[{"role": "user", "content": f"Email {EMAIL} please"}]
+    )
+    text = raw.parse().choices[0].message.content or ""
+    assert EMAIL in text  # the user's own address is not the model's doing
+    assert "555-0199" not in text and "[PHONE_NUMBER_1]" in text
+    assert raw.headers["x-mixroute-pii-output"] == "masked: PHONE_NUMBER"

@@ -52,6 +52,7 @@ class RequestContext:
     vector: npt.NDArray[np.float32] | None = None  # the request's one embedding, when made
     tap: ResponseTap | None = None
     pii_found: bool = False  # PII was seen in the request: it is never cached
+    pii_values: set[str] = field(default_factory=set)  # what the user supplied (output scan)
     prefix_hashes: list[bytes] | None = None  # the prompt's block hashes, computed once
     balancer_scores: str | None = None  # debug: why the balancer picked what it picked
     # Exact prefix matches from KV events: (blocks held per endpoint, blocks in the prompt).

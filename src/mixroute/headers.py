@@ -16,6 +16,7 @@ PREFILL_ENDPOINT = "x-mixroute-prefill-endpoint"  # disaggregated models: who di
 BLOCKED = "x-mixroute-blocked"
 FLAGGED = "x-mixroute-flagged"  # a guard matched but its action is flag: jailbreak
 PII = "x-mixroute-pii"  # what was done and the PII types found (never values)
+PII_OUTPUT = "x-mixroute-pii-output"  # PII types the model's answer contained: flagged/masked
 ATTEMPTS = "x-mixroute-attempts"
 FALLBACK = "x-mixroute-fallback"
 REQUEST_ID = "x-request-id"

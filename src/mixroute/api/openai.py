@@ -17,6 +17,8 @@ from mixroute.api.parsing import model_from_multipart, parse_json_body, read_bod
 from mixroute.cache.policy import store_answer
 from mixroute.context import Decision, RequestContext
 from mixroute.errors import bad_request, model_not_found
+from mixroute.gateway import Gateway
+from mixroute.guards.output import scan_answer
 from mixroute.observability.metrics import Metrics
 from mixroute.runtime import Runtime
 
@@ -97,7 +99,26 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
         return cached
     response = await gateway.forwarder.forward(request, ctx, runtime)
     await store_answer(plan)
+    await _scan_output(ctx, gateway, response)
     return response
+
+
+async def _scan_output(ctx: RequestContext, gateway: Gateway, response: web.StreamResponse) -> None:
+    """Optional PII scan of a non-streamed answer (docs/guards.md); streams pass unscanned."""
+    guards = gateway.guards
+    if guards is None or guards.pii is None or not isinstance(response, web.Response):
+        return
+    route = ctx.route
+    override = route.guards.pii if route is not None and route.guards else None
+    mode = (override.output if override and override.output else None) or guards.settings.pii.output
+    if mode == "off" or response.status != 200 or not isinstance(response.body, bytes):
+        return
+    body, produced = await scan_answer(guards, response.body, ctx.pii_values, mode)
+    if produced:
+        response.headers[h.PII_OUTPUT] = (
+            f"{'masked' if mode == 'mask' else 'flagged'}: " + ",".join(produced)
+        )
+        response.body = body
 
 
 def _parse(raw: bytes, kind: str, content_type: str) -> dict[str, Any]:

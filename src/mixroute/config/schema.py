@@ -468,6 +468,7 @@ class PIIPolicyConfig(StrictModel):
         description="Model for `reroute` (default: the "
         "first model whose pii_allowed covers the request).",
     )
+    output: Literal["off", "flag", "mask"] | None = None
 
 
 class JailbreakPolicyConfig(StrictModel):
@@ -582,6 +583,11 @@ class PIIGuardConfig(StrictModel):
     )
     action: Literal["block", "redact", "reroute", "flag", "off"] = "flag"
     reroute_to: str | None = None
+    output: Literal["off", "flag", "mask"] = Field(
+        "off",
+        description="Scan non-streamed answers for PII the model produced: flag it in "
+        "x-mixroute-pii-output, or mask it.",
+    )
     block_with: Literal["completion", "error"] = Field(
         "completion",
         description="A refusal as a chat completion (finish_reason "

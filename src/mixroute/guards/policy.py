@@ -16,6 +16,7 @@ from mixroute import headers as h
 from mixroute.config.schema import JailbreakGuardConfig, RouteConfig
 from mixroute.context import RequestContext
 from mixroute.gateway import Gateway
+from mixroute.guards.entities import message_text
 from mixroute.guards.redact import Redactor
 from mixroute.guards.restore import RestoreTap
 from mixroute.guards.service import GuardService
@@ -112,6 +113,9 @@ async def _pii(
     if not found:
         return None
     ctx.pii_found = True
+    ctx.pii_values = {
+        message_text(messages[index])[entity.start : entity.end] for index, entity in found
+    }
     types = sorted({entity.type for _, entity in found})
     for kind in types:
         metrics.pii_entities.labels(kind).inc()
