@@ -316,10 +316,6 @@ class BlockIndex:
             blocks.evict_oldest()
             self.stats.evicted += 1
 
-    def forget_endpoint(self, endpoint: str) -> None:
-        """Drop ``endpoint`` altogether (removed from the config)."""
-        self._endpoints.pop(endpoint, None)
-
     def apply(self, endpoint: str, events: Iterable[KVEvent]) -> None:
         """Apply one batch's events, in order."""
         blocks = self._blocks_of(endpoint)

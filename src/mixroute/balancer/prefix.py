@@ -92,7 +92,3 @@ class PrefixIndex:
                 holders.popitem(last=False)
         while len(self._blocks) > self._max_entries:
             self._blocks.popitem(last=False)
-
-    def forget_endpoint(self, endpoint: str) -> None:
-        for holders in self._blocks.values():
-            holders.pop(endpoint, None)
