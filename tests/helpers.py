@@ -187,3 +187,35 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def start_gateway_process(config_path: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``mixroute serve`` on a port the kernel picks (no race for a free port); returns the
+    process and its base URL, read from its log, once it listens."""
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mixroute.cli",
+            "serve",
+            "--config",
+            str(config_path),
+            "--port",
+            "0",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        for line in text.splitlines():
+            if "mixroute listening on " in line:
+                url = line.split("listening on ", 1)[1].split(" ", 1)[0]
+                return process, url
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{text[-3000:]}")
+        time.sleep(0.05)
+    process.kill()
+    raise TimeoutError(f"gateway did not listen within 90s:\n{log_path.read_text()[-3000:]}")

@@ -4,8 +4,6 @@ with two gateway processes' worth of gateways sharing it."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +16,8 @@ from helpers import (
     RunningGateway,
     SimPool,
     config_for,
-    free_port,
     start_gateway,
+    start_gateway_process,
     wait_for_status,
 )
 from mixroute.cache.key import cache_request
@@ -102,17 +100,15 @@ async def test_two_gateway_processes_share_one_cache(
             }
         )
     )
-    port = free_port()
-    other = subprocess.Popen(
-        [sys.executable, "-m", "mixroute.cli", "serve", "--config", str(path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    other, base = start_gateway_process(path, tmp_path / "gateway.log")
     try:
-        wait_for_status(f"http://127.0.0.1:{port}/ready", 200, timeout=120)
+        try:
+            wait_for_status(f"{base}/ready", 200, timeout=60)
+        except TimeoutError as exc:
+            raise AssertionError((tmp_path / "gateway.log").read_text()[-3000:]) from exc
         replies = []
-        for base in (in_process.v1, f"http://127.0.0.1:{port}/v1"):
-            api = openai.AsyncOpenAI(base_url=base, api_key="k", max_retries=0)
+        for api_base in (in_process.v1, f"{base}/v1"):
+            api = openai.AsyncOpenAI(base_url=api_base, api_key="k", max_retries=0)
             in_process.on_close.append(api.close)
             raw = await api.chat.completions.with_raw_response.create(
                 model="alpha",

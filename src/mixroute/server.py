@@ -99,7 +99,10 @@ async def serve_until_stopped(
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
-    log.info("mixroute listening on http://%s:%d (pid %d)", host, port, os.getpid())
+    server = site._server  # the bound port, which differs from ``port`` when that was 0
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    log.info("mixroute listening on http://%s:%d (pid %d)", host, bound, os.getpid())
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
