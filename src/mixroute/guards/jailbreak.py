@@ -24,6 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -366,19 +367,13 @@ class JailbreakHead(LinearHead):
     lexical_coef: FloatArray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     threshold: float = DEFAULT_THRESHOLD
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path,
-            classes=np.array(self.classes),
-            coef=self.coef.astype(np.float32),
-            intercept=self.intercept.astype(np.float32),
-            temperature=np.array(self.temperature, dtype=np.float64),
-            embedding_model=np.array(self.embedding_model),
-            lexical_names=np.array(self.lexical_names, dtype=np.str_),
-            lexical_coef=self.lexical_coef.astype(np.float32),
-            threshold=np.array(self.threshold, dtype=np.float64),
-        )
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return {
+            **super().arrays(),
+            "lexical_names": np.array(self.lexical_names, dtype=np.str_),
+            "lexical_coef": self.lexical_coef.astype(np.float32),
+            "threshold": np.array(self.threshold, dtype=np.float64),
+        }
 
     @classmethod
     def load(cls, path: Path, embedding_model: str | None = None) -> JailbreakHead:

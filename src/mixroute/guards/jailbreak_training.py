@@ -34,6 +34,7 @@ from mixroute.evaluation.jailbreak import roc_auc, threshold_for_recall
 from mixroute.guards.jailbreak import CLASSES, JailbreakHead, LexicalFeatures
 from mixroute.semantic.embedding import EmbeddingModel, Matrix
 from mixroute.semantic.heads import builtin_head_path
+from mixroute.semantic.training import minimize_in_log_space
 
 PROJECT = "project"
 BASTION = "bastioncorpus"
@@ -223,25 +224,8 @@ def binary_nll(logits: Float64, labels: npt.NDArray[np.int64], temperature: floa
 def fit_temperature(
     logits: Float64, labels: npt.NDArray[np.int64], low: float = 0.05, high: float = 20.0
 ) -> float:
-    """Temperature minimizing NLL, by golden-section search on log T (unimodal there)."""
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = math.log(low), math.log(high)
-
-    def cost(log_t: float) -> float:
-        return binary_nll(logits, labels, math.exp(log_t))
-
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = cost(c), cost(d)
-    while b - a > 1e-4:
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = cost(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = cost(d)
-    return math.exp((a + b) / 2)
+    """Sigmoid temperature minimizing NLL (unimodal in log T)."""
+    return minimize_in_log_space(lambda t: binary_nll(logits, labels, t), low, high)
 
 
 def binary_ece(probabilities: Float64, labels: npt.NDArray[np.int64]) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,16 +42,20 @@ class LinearHead:
         result: npt.NDArray[np.float32] = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
         return result
 
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """What the .npz holds (subclasses add their own fields)."""
+        return {
+            "classes": np.array(self.classes),
+            "coef": self.coef.astype(np.float32),
+            "intercept": self.intercept.astype(np.float32),
+            "temperature": np.array(self.temperature, dtype=np.float64),
+            "embedding_model": np.array(self.embedding_model),
+        }
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path,
-            classes=np.array(self.classes),
-            coef=self.coef.astype(np.float32),
-            intercept=self.intercept.astype(np.float32),
-            temperature=np.array(self.temperature, dtype=np.float64),
-            embedding_model=np.array(self.embedding_model),
-        )
+        arrays: dict[str, Any] = self.arrays()
+        np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path: Path, embedding_model: str | None = None) -> LinearHead:

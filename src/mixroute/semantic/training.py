@@ -211,6 +211,33 @@ def negative_log_likelihood(
     return float(-log_p[np.arange(len(targets)), targets].mean())
 
 
+def minimize_in_log_space(
+    cost: Callable[[float], float], low: float, high: float, tolerance: float = 1e-4
+) -> float:
+    """The x in [low, high] minimizing a cost unimodal in log x, by golden-section search.
+
+    Searching in log space treats 0.5 and 2 symmetrically; no scipy needed.
+    """
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = math.log(low), math.log(high)
+
+    def at(log_x: float) -> float:
+        return cost(math.exp(log_x))
+
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = at(c), at(d)
+    while b - a > tolerance:
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = at(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = at(d)
+    return math.exp((a + b) / 2)
+
+
 def fit_temperature(
     logits: npt.NDArray[np.float64],
     targets: npt.NDArray[np.int64],
@@ -218,29 +245,10 @@ def fit_temperature(
     high: float = 20.0,
     tolerance: float = 1e-4,
 ) -> float:
-    """Temperature minimizing NLL, by golden-section search on log T.
-
-    The NLL is convex in 1/T, hence unimodal in log T, so golden section finds the
-    optimum without scipy; searching in log space treats 0.5 and 2 symmetrically.
-    """
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = math.log(low), math.log(high)
-
-    def cost(log_t: float) -> float:
-        return negative_log_likelihood(logits, targets, math.exp(log_t))
-
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = cost(c), cost(d)
-    while b - a > tolerance:
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = cost(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = cost(d)
-    return math.exp((a + b) / 2)
+    """Softmax temperature minimizing NLL (convex in 1/T, hence unimodal in log T)."""
+    return minimize_in_log_space(
+        lambda t: negative_log_likelihood(logits, targets, t), low, high, tolerance
+    )
 
 
 def _top_label_ece(
