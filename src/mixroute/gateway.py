@@ -18,7 +18,9 @@ from mixroute.config.loader import ConfigError
 from mixroute.config.schema import EndpointConfig, GuardsConfig, MixrouteConfig
 from mixroute.config.watcher import ConfigWatcher
 from mixroute.guards.service import GuardService
+from mixroute.observability.feed import DecisionFeed
 from mixroute.observability.metrics import Metrics
+from mixroute.observability.recorder import RequestRecorder
 from mixroute.proxy.forward import Forwarder
 from mixroute.runtime import Runtime
 from mixroute.semantic.assets import SemanticAssets, load_assets
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 class Gateway:
     def __init__(self, config: MixrouteConfig, config_path: Path | None = None) -> None:
         self.metrics = Metrics()
+        self.recorder = RequestRecorder(self.metrics, DecisionFeed())
         self._initial_config = config
         self._config_path = config_path
         self._session: aiohttp.ClientSession | None = None

@@ -16,10 +16,11 @@ from mixroute.api.keys import GATEWAY
 from mixroute.api.parsing import model_from_multipart, parse_json_body, read_body
 from mixroute.cache.policy import store_answer
 from mixroute.context import Decision, RequestContext
-from mixroute.errors import bad_request, model_not_found
+from mixroute.errors import GatewayError, bad_request, model_not_found
 from mixroute.gateway import Gateway
 from mixroute.guards.output import scan_answer
 from mixroute.observability.metrics import Metrics
+from mixroute.observability.recorder import CLIENT_CLOSED
 from mixroute.runtime import Runtime
 
 # Paths proxied to an endpoint of the named model without further interpretation.
@@ -42,12 +43,20 @@ PASSTHROUGH_PATHS = (
 # Non-inference paths whose text can be classified for MoM/auto.
 ROUTED_PATHS = ("/v1/responses", "/v1/messages")
 
+_REQUEST_ID_KEY = "mixroute.request_id"
+
 
 def request_id_for(request: web.Request) -> str:
-    given = request.headers.get(h.REQUEST_ID)
-    if given and len(given) <= 128 and given.isprintable():
-        return given
-    return os.urandom(16).hex()
+    """The client's x-request-id when it is sane, else a fresh one; the same for the whole
+    request (the error middleware asks again)."""
+    known = request.get(_REQUEST_ID_KEY)
+    if isinstance(known, str):
+        return known
+    given = request.headers.get(h.REQUEST_ID, "")
+    sane = 0 < len(given) <= 128 and given.isprintable()
+    chosen = given if sane else os.urandom(16).hex()
+    request[_REQUEST_ID_KEY] = chosen
+    return chosen
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -67,10 +76,43 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
 
 
 async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
+    """Serve one inference request and record what happened to it, whatever the outcome."""
     started = time.monotonic()
     gateway = request.app[GATEWAY]
-    runtime = gateway.runtime
     request_id = request_id_for(request)
+    holder: list[RequestContext] = []
+    status, error, headers = CLIENT_CLOSED, None, None
+    try:
+        response = await _serve(request, kind, gateway, request_id, started, holder)
+        status, headers = response.status, response.headers
+        return response
+    except GatewayError as exc:
+        status, error = exc.status, exc.code
+        raise
+    except Exception:
+        status, error = 500, "internal_error"
+        raise
+    finally:
+        gateway.recorder.finish(
+            request_id=request_id,
+            path=request.path,
+            started=started,
+            ctx=holder[0] if holder else None,
+            status=status,
+            headers=headers,
+            error=error,
+        )
+
+
+async def _serve(
+    request: web.Request,
+    kind: str,
+    gateway: Gateway,
+    request_id: str,
+    started: float,
+    holder: list[RequestContext],
+) -> web.StreamResponse:
+    runtime = gateway.runtime
     raw = await read_body(request, runtime.config.server.max_body_bytes)
     body = _parse(raw, kind, request.content_type)
     requested = body["model"]
@@ -86,6 +128,7 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
         debug=request.headers.get(h.DEBUG) == "1",
         started=started,
     )
+    holder.append(ctx)
     ctx.response_headers[h.REQUEST_ID] = request_id
     if ctx.debug:
         ctx.response_headers[h.WORKER] = str(os.getpid())

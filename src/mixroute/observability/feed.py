@@ -1,0 +1,62 @@
+"""What happened to each request, as one record, and a bounded feed of the recent ones.
+
+The record is built once when a request ends (answered, refused, cached or failed) and is
+what the dashboard's live feed shows and the JSON request log writes. It holds decisions and
+timings only: never prompt text, answers or header values a client supplied.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    seq: int
+    request_id: str
+    time: float  # wall clock (time.time()) when the request ended
+    path: str
+    requested_model: str
+    model: str
+    status: int
+    latency_ms: float
+    stream: bool
+    route: str | None = None
+    category: str | None = None
+    confidence: float | None = None
+    endpoint: str | None = None
+    attempts: int = 1
+    cache: str | None = None  # hit / miss / bypass, as in x-mixroute-cache
+    guard: str | None = None  # what a guard did (blocked:..., pii: ..., flagged:...)
+    error: str | None = None  # the OpenAI error code when the request failed
+    tenant: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DecisionFeed:
+    """The last ``capacity`` request records, newest last; readers poll with ``after``."""
+
+    def __init__(self, capacity: int = 500) -> None:
+        self._records: deque[RequestRecord] = deque(maxlen=capacity)
+        self._next_seq = 1
+
+    def next_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def add(self, record: RequestRecord) -> None:
+        self._records.append(record)
+
+    def recent(self, after: int = 0, limit: int = 100) -> list[RequestRecord]:
+        """Records with ``seq > after``, at most ``limit`` of the newest."""
+        newer = [r for r in self._records if r.seq > after]
+        return newer[-limit:] if limit > 0 else []
+
+    def __len__(self) -> int:
+        return len(self._records)
