@@ -324,7 +324,8 @@ def _banner(host: str, port: int, config_path: Path, simulators: list[Simulator]
         f"\nmixroute demo on {base}  (pid {os.getpid()}; Ctrl-C stops it and its "
         f"{len(simulators)} simulators)\n"
         f"  simulated pool: {pool}\n"
-        f"  live config (edit it; it reloads): {config_path}\n\n"
+        f"  live config (edit it; it reloads): {config_path}\n"
+        f"  dashboard: {base}/dashboard\n\n"
         f"  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
         f'    -d \'{{"model": "MoM", "messages": [{{"role": "user", '
         f'"content": "What is 2+2?"}}]}}\' -D - \n'

@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 from mixroute import headers as h
 from mixroute.api import classify, openai, ops
 from mixroute.api.keys import GATEWAY
+from mixroute.dashboard import add_dashboard_routes
 from mixroute.errors import GatewayError
 from mixroute.gateway import Gateway
 
@@ -105,4 +106,5 @@ def build_app(gateway: Gateway) -> web.Application:
     router.add_post("/api/v1/classify/pii", classify.classify_pii)
     router.add_post("/api/v1/classify/security", classify.classify_security)
     router.add_post("/api/v1/route", classify.route_dry_run)
+    add_dashboard_routes(router)
     return app

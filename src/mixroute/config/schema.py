@@ -49,6 +49,9 @@ class ServerConfig(StrictModel):
         None, description="When set, /api/v1/* and /admin/* need it in x-mixroute-admin-key."
     )
     reload_interval_s: float = Field(1.0, gt=0, description="How often the file is checked.")
+    dashboard: bool = Field(
+        True, description="Serve the web dashboard at /dashboard (its data APIs need admin_key)."
+    )
 
 
 class TimeoutsConfig(StrictModel):
