@@ -98,7 +98,7 @@ async def test_feed_and_state_show_a_request(
             endpoint,
         )
         assert record["requested_model"] == "MoM" and record["status"] == 200
-        assert feed["latest_seq"] == record["seq"]
+        assert feed["latest_seq"] == record["seq"] and feed["worker"] == os.getpid()
 
         # Polling with the newest seq gets nothing new.
         status, later, _ = await _get(session, api + f"/feed?after={record['seq']}")
@@ -211,13 +211,22 @@ def test_redaction_is_by_name_and_covers_new_sections() -> None:
     config = {
         "access": {
             "keys": [
-                {"name": "team-a", "key": "mk-team-a-123456", "tenant": "a"},
+                {
+                    "name": "team-a",
+                    "key": "mk-team-a-123456",
+                    "tenant": "a",
+                    "rpm": 5,
+                    "hash": "sha256:0f0f0f0f",
+                    "value": "raw-value-1234",
+                },
                 "mk-bare-key-987654",
             ],
             "by_key": {"mk-mapkey-55555": {"tenant": "b"}},
+            "key_headers": ["authorization", "x-api-key"],
+            "keys_file": "/etc/mixroute/keys.yaml",
         },
         "tracing": {
-            "headers": {"Authorization": "Bearer tr-abcdef12345"},
+            "headers": {"x-honeycomb-team": "hc-abcdef12345", "Authorization": "Bearer tr-1234567"},
             "bearer_token": "tt-777777",
         },
         "limits": {"max_tokens": 512, "followup_max_tokens": 64, "keywords": ["key", "token"]},
@@ -228,17 +237,19 @@ def test_redaction_is_by_name_and_covers_new_sections() -> None:
     redacted = redact_config(config)
     text = orjson.dumps(redacted).decode()
     for secret in (
-        "mk-team-a-123456",
-        "mk-bare-key-987654",
-        "mk-mapkey-55555",
-        "tr-abcdef12345",
-        "tt-777777",
-        "hunter2pw",
-        "qq998877",
-    ):
+        "mk-team-a-123456", "mk-bare-key-987654", "mk-mapkey-55555", "hc-abcdef12345",
+        "tr-1234567", "tt-777777", "hunter2pw", "qq998877", "0f0f0f0f", "raw-value-1234",
+    ):  # fmt: skip
         assert secret not in text, secret
     assert redacted["limits"] == config["limits"]
-    assert redacted["access"]["keys"][0]["key"] == MASK
+    first = redacted["access"]["keys"][0]
+    # Who a key is for stays readable; the key, its hash and anything unknown do not.
+    assert first == {"name": "team-a", "key": MASK, "tenant": "a", "rpm": 5, "hash": MASK,
+                     "value": MASK}  # fmt: skip
+    assert redacted["access"]["key_headers"] == ["authorization", "x-api-key"]
+    assert redacted["access"]["keys_file"] == "/etc/mixroute/keys.yaml"
+    assert list(redacted["access"]["by_key"].values()) == [{"tenant": "b"}]
+    assert redacted["tracing"]["headers"] == {"x-honeycomb-team": MASK, "Authorization": MASK}
     assert redacted["upstream"]["url"] == f"https://svc:{MASK}@models.internal/v1"
     assert redacted["echo"] == f"someone pasted {MASK} here"
 

@@ -12,6 +12,7 @@ never as HTML.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -123,6 +124,8 @@ async def feed(request: web.Request) -> web.Response:
             "records": [r.to_dict() for r in records],
             # A caller whose ``after`` is past this (the gateway restarted) starts over.
             "latest_seq": newest[0].seq if newest else 0,
+            # Seqs count per process: with --workers N the caller keeps one position each.
+            "worker": os.getpid(),
         }
     )
 
@@ -164,6 +167,7 @@ async def state(request: web.Request) -> web.Response:
     return _json(
         {
             "time": now,
+            "worker": os.getpid(),
             "ready": runtime.is_ready(),
             "auto_models": list(settings.routing.auto_models),
             "default_model": settings.routing.default_model,

@@ -18,8 +18,10 @@
   const MAX_ROWS = 300;
 
   const ui = {
-    state: { lastSeq: 0, rows: [], paused: false, locked: false, timer: null, lastConfig: 0,
-      knownModels: new Set(), filter: "" },
+    // Feed position per worker process (with --workers N a poll may land on any of them).
+    state: { seqByWorker: {}, lastWorker: null, seen: new Set(), firstFeed: true,
+      paused: false, locked: false, timer: null, lastConfig: 0,
+      modelKey: "", filter: "" },
   };
 
   // ---------- small DOM helpers ----------
@@ -157,7 +159,7 @@
     try {
       const [state, feed] = await Promise.all([
         api("/api/v1/dashboard/state"),
-        api(`/api/v1/dashboard/feed?after=${ui.state.lastSeq}&limit=200`),
+        api(`/api/v1/dashboard/feed?after=${ui.state.seqByWorker[ui.state.lastWorker] || 0}&limit=200`),
       ]);
       renderState(state);
       renderFeed(feed);
@@ -456,22 +458,28 @@
   }
 
   function renderFeed(feed) {
-    if (feed.latest_seq < ui.state.lastSeq) {
-      // The gateway restarted: its sequence started over.
-      ui.state.lastSeq = 0;
-      clear($("feed-body"));
-      return;
-    }
+    const st = ui.state;
+    const worker = String(feed.worker);
+    if (feed.latest_seq < (st.seqByWorker[worker] || 0)) st.seqByWorker[worker] = 0; // restarted
     const body = $("feed-body");
-    const filter = ui.state.filter;
+    const filter = st.filter;
     for (const record of feed.records) {
+      const key = `${worker}:${record.seq}`;
+      st.seqByWorker[worker] = Math.max(st.seqByWorker[worker] || 0, record.seq);
+      if (st.seen.has(key)) continue;
+      st.seen.add(key);
       const row = feedRow(record);
-      if (ui.state.lastSeq > 0) row.classList.add("flash");
+      row.dataset.key = key;
+      if (!st.firstFeed) row.classList.add("flash");
       if (filter && !row.dataset.search.includes(filter)) row.hidden = true;
       body.insertBefore(row, body.firstChild);
-      ui.state.lastSeq = Math.max(ui.state.lastSeq, record.seq);
     }
-    while (body.children.length > MAX_ROWS) body.removeChild(body.lastChild);
+    st.lastWorker = worker;
+    st.firstFeed = false;
+    while (body.children.length > MAX_ROWS) {
+      st.seen.delete(body.lastChild.dataset.key);
+      body.removeChild(body.lastChild);
+    }
     $("feed-empty").hidden = body.children.length > 0;
     $("feed-count").textContent = body.children.length ? `${body.children.length} shown · newest first` : "";
   }
