@@ -58,3 +58,6 @@ class RequestContext:
     # Exact prefix matches from KV events: (blocks held per endpoint, blocks in the prompt).
     kv_matches: tuple[dict[str, int], int] | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    # The error code of a failure answered without raising (the last failed attempt, a stream
+    # that broke after its 200, a client gone mid-stream): the request log and metrics read it.
+    error_code: str | None = None

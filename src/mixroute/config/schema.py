@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mixroute.balancer.discovery.config import KubernetesDiscoveryConfig
+from mixroute.observability.config import ObservabilityConfig
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 POLICY_NAMES = (
@@ -653,6 +654,7 @@ class MixrouteConfig(StrictModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> MixrouteConfig:
