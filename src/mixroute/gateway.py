@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from mixroute.access.service import AccessControl
 from mixroute.balancer.discovery.kubernetes import DiscoveryError, KubernetesDiscovery
 from mixroute.cache.service import CacheService
 from mixroute.config.loader import ConfigError
@@ -19,7 +20,6 @@ from mixroute.config.schema import EndpointConfig, GuardsConfig, MixrouteConfig
 from mixroute.config.watcher import ConfigWatcher
 from mixroute.guards.service import GuardService
 from mixroute.observability.feed import DecisionFeed
-from mixroute.observability.logs import RequestLogger
 from mixroute.observability.metrics import Metrics
 from mixroute.observability.recorder import RequestRecorder
 from mixroute.proxy.forward import Forwarder
@@ -33,11 +33,7 @@ log = logging.getLogger(__name__)
 class Gateway:
     def __init__(self, config: MixrouteConfig, config_path: Path | None = None) -> None:
         self.metrics = Metrics()
-        self.recorder = RequestRecorder(
-            self.metrics,
-            DecisionFeed(),
-            RequestLogger(lambda: self.runtime.config.observability.logs),
-        )
+        self.recorder = RequestRecorder(self.metrics, DecisionFeed())
         self._initial_config = config
         self._config_path = config_path
         self._session: aiohttp.ClientSession | None = None
@@ -50,6 +46,9 @@ class Gateway:
         self._api_guards: GuardService | None = None
         self._assets_lock = asyncio.Lock()
         self._discovery: KubernetesDiscovery | None = None
+        # Keys, rate-limit buckets and admission gates: rebuilt on every reload from the
+        # previous one, so unchanged keys keep their windows (access/service.py).
+        self.access = AccessControl(config.access, list(config.access.keys), config.aliases(), {})
 
     def runtime_config_max_body(self) -> int:
         """The body limit is fixed at start (aiohttp reads it once); reloads cannot raise it."""
@@ -146,12 +145,14 @@ class Gateway:
         return fresh
 
     async def _build_runtime(self, config: MixrouteConfig, previous: Runtime | None) -> Runtime:
+        access = await AccessControl.build(config, self._config_path, previous=self.access)
         runtime = Runtime(config, self.session, self.metrics, previous=previous)
         if config.semantic_enabled():
             assets = await self.semantic_assets(config)
             runtime.router = await SemanticRouter.build(config, assets.engine, assets.domain_head)
         await self._update_cache(config)
         await self._update_guards(config)
+        self.access = access
         return runtime
 
     async def guard_service_for_api(self) -> GuardService:

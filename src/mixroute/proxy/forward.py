@@ -26,7 +26,7 @@ from mixroute.errors import GatewayError, no_healthy_endpoint, sse_error_event, 
 from mixroute.observability.metrics import Metrics
 from mixroute.proxy.disagg import run_prefill, split_roles
 from mixroute.proxy.rewrite import SSEModelRewriter, rewrite_json_model
-from mixroute.proxy.usage import StreamUsageWatcher, account_answer, account_stream
+from mixroute.proxy.usage import StreamUsageWatcher, account, usage_from_json
 from mixroute.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,6 @@ class Forwarder:
             raise no_healthy_endpoint(ctx.model)
         ctx.response_headers[h.ATTEMPTS] = str(len(tried))
         status = failure.error.status if failure.error is not None else failure.status
-        ctx.error_code = failure.error.code if failure.error is not None else None
         self._metrics.requests.labels(ctx.model, "", _status_class(status)).inc()
         return failure.response(ctx.response_headers)
 
@@ -190,16 +189,11 @@ class Forwarder:
                 body = rewrite_json_model(body, endpoint.model)
             if ctx.tap is not None:
                 body = ctx.tap.on_body(upstream.status, body)
-            if upstream.status == 200 and upstream.content_type == "application/json":
-                account_answer(
-                    self._metrics,
-                    ctx.model,
-                    _route(ctx),
-                    _pricing(runtime, ctx.model),
-                    body,
-                    ctx.started,
-                    time.monotonic(),
-                )
+            pricing = _pricing(runtime, ctx.model)
+            if pricing is not None and (usage := usage_from_json(body)) is not None:
+                account(self._metrics, ctx.model, _route(ctx), pricing, usage)
+            if ctx.on_usage is not None and (usage := usage_from_json(body)) is not None:
+                ctx.on_usage(usage)
             self._finished(ctx, endpoint, upstream.status)
             return web.Response(
                 status=upstream.status,
@@ -239,7 +233,7 @@ class Forwarder:
         await response.prepare(request)
         served = endpoint.config.served_model
         rewriter = SSEModelRewriter(served, endpoint.model) if served else None
-        watcher = StreamUsageWatcher()
+        watcher = StreamUsageWatcher() if pricing is not None or ctx.on_usage else None
         content = upstream.content
         try:
             while True:
@@ -250,7 +244,6 @@ class Forwarder:
                     endpoint.record_failure("stream_broken")
                     self._metrics.upstream_errors.labels(endpoint.name, "stream_broken").inc()
                     log.warning("stream from %s broke: %s", endpoint.name, type(exc).__name__)
-                    ctx.error_code = "upstream_stream_broken"
                     await response.write(
                         sse_error_event(
                             f"The upstream {endpoint.name} stopped mid-stream.",
@@ -266,8 +259,13 @@ class Forwarder:
                             await response.write(rest)
                         ctx.tap.on_stream_end(complete=True)
                     endpoint.record_success()
+                    if watcher is not None and pricing is not None and watcher.usage:
+                        account(self._metrics, ctx.model, _route(ctx), pricing, watcher.usage)
+                    if watcher is not None and ctx.on_usage is not None and watcher.usage:
+                        ctx.on_usage(watcher.usage)
                     break
-                watcher.feed(chunk, time.monotonic())
+                if watcher is not None:
+                    watcher.feed(chunk)
                 if rewriter is not None:
                     chunk = rewriter.feed(chunk)
                 if ctx.tap is not None:
@@ -277,8 +275,6 @@ class Forwarder:
             await response.write_eof()
         except _CLIENT_GONE:
             self._metrics.client_disconnects.labels(ctx.model).inc()
-            ctx.error_code = "client_closed"
-        account_stream(self._metrics, ctx.model, _route(ctx), pricing, watcher, ctx.started)
         self._finished(ctx, endpoint, upstream.status)
         return response
 
@@ -313,6 +309,9 @@ def _upstream_headers(
         if lower in h.HOP_BY_HOP or lower.startswith("x-mixroute-") or lower == "accept-encoding":
             continue
         out[name] = value
+    if ctx.client_key_headers:  # gateway access control is on: the client's key stays here
+        for name in [n for n in out if n.lower() in ctx.client_key_headers]:
+            del out[name]
     auth = endpoint.config.auth
     if auth.mode == "replace":
         _drop_authorization(out)
