@@ -2,6 +2,14 @@
 
 Workers are forked before any event loop exists, so each builds its own loop, session,
 runtime and metrics. What that means for routing state is in docs/architecture.md.
+
+Shutdown (SIGTERM, SIGINT) drains: the listening socket is closed at once (new connections
+are refused), idle keep-alive connections are closed, ``/ready`` answers 503, and requests
+and streams in flight get up to ``server.drain_s`` to finish. What is still open then is
+cut: a stream ends with an SSE error event and ``[DONE]``, a request still waiting for its
+upstream gets a 503. A second signal cuts at once. With ``--workers N`` the supervisor
+forwards each signal as one SIGTERM to every worker (workers ignore the terminal's SIGINT,
+so one Ctrl-C is one drain and a second one is the cut, as in one process).
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ from mixroute.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
+# After the cut: how long cut handlers get to write their last event before aiohttp's
+# cleanup cancels whatever is left (and, per connection, as long again to let it unwind).
+CUT_GRACE_S = 1.0
+
 
 def run_server(
     config: MixrouteConfig,
@@ -40,6 +52,9 @@ def run_server(
         if pid == 0:
             code = 0
             try:
+                # Ctrl-C reaches the whole process group; the supervisor forwards it as
+                # SIGTERM, so a worker that also acted on it would count two signals (a cut).
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 _run_worker(config, config_path, host, port, reuse_port=True)
             except BaseException:
                 log.exception("worker failed")
@@ -51,7 +66,8 @@ def run_server(
 
 
 def supervise(children: list[int]) -> int:
-    """Forward SIGINT/SIGTERM to the workers and wait for all of them."""
+    """Forward SIGINT/SIGTERM to the workers (as SIGTERM: the first drains them, a second
+    cuts what is left) and wait for all of them."""
 
     def forward(signum: int, _frame: object) -> None:
         for pid in children:
@@ -77,12 +93,16 @@ def supervise(children: list[int]) -> int:
 def _run_worker(
     config: MixrouteConfig, config_path: Path | None, host: str, port: int, *, reuse_port: bool
 ) -> None:
+    signals = (signal.SIGTERM,) if reuse_port else (signal.SIGINT, signal.SIGTERM)
+    serve = serve_until_stopped(
+        config, config_path, host, port, reuse_port=reuse_port, signals=signals
+    )
     try:
         import uvloop
 
-        uvloop.run(serve_until_stopped(config, config_path, host, port, reuse_port=reuse_port))
+        uvloop.run(serve)
     except ImportError:  # uvloop is a dependency, but the gateway must still run without it
-        asyncio.run(serve_until_stopped(config, config_path, host, port, reuse_port=reuse_port))
+        asyncio.run(serve)
 
 
 def settle_garbage_collector() -> None:
@@ -108,9 +128,16 @@ async def serve_until_stopped(
     reuse_port: bool = False,
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
 ) -> None:
+    """Serve until ``stop`` is set (or one of ``signals`` arrives), then drain and exit."""
     gateway = Gateway(config, config_path)
-    runner = web.AppRunner(build_app(gateway), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        build_app(gateway),
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=CUT_GRACE_S,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
@@ -120,14 +147,72 @@ async def serve_until_stopped(
     log.info("mixroute listening on http://%s:%d (pid %d)", host, bound, os.getpid())
     settle_garbage_collector()
     stop = stop or asyncio.Event()
+    cut = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+
+    def on_signal() -> None:
+        (cut if stop.is_set() else stop).set()
+
+    for signum in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
     if started is not None:
         started.set()
     try:
         await stop.wait()
+        await drain(runner, gateway, config.server.drain_s, cut)
     finally:
         await runner.cleanup()
+        for signum in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
         log.info("mixroute stopped")
+
+
+async def drain(
+    runner: web.AppRunner, gateway: Gateway, drain_s: float, cut: asyncio.Event
+) -> None:
+    """Stop taking work, give what is in flight ``drain_s`` to finish, then cut the rest.
+
+    aiohttp's per-connection shutdown does the waiting: it closes idle keep-alive
+    connections at once and waits for busy ones. At its deadline, though, it cancels
+    handlers without letting them answer, and a stream just stops mid-body; so at
+    ``drain_s`` (or on a second signal) the forwarder cuts what it relays first, and every
+    stream ends with an error event the client can read. ``runner.cleanup`` afterwards only
+    sweeps what is left.
+    """
+    gateway.draining = True
+    for site in list(runner.sites):
+        await site.stop()  # the listening socket closes now: new connections are refused
+    server = runner.server
+    if server is None:
+        return
+    await asyncio.sleep(0)  # requests that arrived just before start being handled
+    log.info(
+        "draining: listener closed, %d connection(s) open, up to %gs",
+        len(server.connections),
+        drain_s,
+    )
+    # Per connection: idle ones close now, busy ones after their response (or at drain_s).
+    server.pre_shutdown()
+    shutdown = asyncio.create_task(server.shutdown(drain_s))
+    interrupted = asyncio.create_task(cut.wait())
+    await asyncio.wait(
+        {shutdown, interrupted}, timeout=drain_s, return_when=asyncio.FIRST_COMPLETED
+    )
+    interrupted.cancel()
+    if shutdown.done():
+        log.info("drained: every request in flight finished")
+        return
+    cut_now = gateway.forwarder.cut_all()
+    log.warning(
+        "drain %s: cutting %d forwarded request(s) of %d open connection(s)",
+        "interrupted by a second signal" if cut.is_set() else f"time ({drain_s:g}s) is up",
+        cut_now,
+        len(server.connections),
+    )
+    await asyncio.wait({shutdown}, timeout=CUT_GRACE_S)
+    if not shutdown.done():  # not forwarded and still busy: runner.cleanup cancels it
+        shutdown.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await shutdown

@@ -15,7 +15,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    runtime = request.app[GATEWAY].runtime
+    gateway = request.app[GATEWAY]
+    if gateway.draining:  # shutting down: take this instance out of rotation
+        return web.json_response({"status": "draining"}, status=503)
+    runtime = gateway.runtime
     if runtime.is_ready():
         return web.json_response({"status": "ready"})
     unavailable = [
@@ -35,8 +38,6 @@ async def metrics(request: web.Request) -> web.Response:
             1 if endpoint.is_available() else 0
         )
     gateway.metrics.prefix_index_blocks.set(len(gateway.runtime.prefix_index))
-    # Refreshed here too: TTL and LRU evictions change the count without a store.
-    gateway.metrics.cache_entries.set(gateway.cache.size() if gateway.cache is not None else 0)
     body = await asyncio.get_running_loop().run_in_executor(None, gateway.metrics.render)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 

@@ -59,6 +59,27 @@ class Forwarder:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self._session = session
         self._metrics = metrics
+        # The tasks of attempts in flight, so that shutdown can cut them with an answer.
+        self._active: set[asyncio.Task[object]] = set()
+        self._cutting = False
+
+    def cut_all(self) -> int:
+        """Shutdown's drain time is up: cancel every attempt in flight; each one ends with an
+        answer the client can read (a 503 before the first byte, an SSE error event after
+        it) instead of a dropped connection. Returns how many were cut."""
+        self._cutting = True
+        for task in self._active:
+            task.cancel()
+        return len(self._active)
+
+    def _cut_off(self) -> bool:
+        """Whether the current task's cancellation is shutdown's cut; if so it is undone so
+        the handler can still write its last answer."""
+        task = asyncio.current_task()
+        if not self._cutting or task is None:
+            return False
+        task.uncancel()
+        return True
 
     async def forward(
         self, request: web.Request, ctx: RequestContext, runtime: Runtime
@@ -129,6 +150,9 @@ class Forwarder:
         in_flight = self._metrics.in_flight.labels(endpoint.name)
         in_flight.inc()
         upstream: aiohttp.ClientResponse | None = None
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
         try:
             try:
                 async with asyncio.timeout(timeouts.first_byte_s):
@@ -192,15 +216,24 @@ class Forwarder:
             pricing = _pricing(runtime, ctx.model)
             if pricing is not None and (usage := usage_from_json(body)) is not None:
                 account(self._metrics, ctx.model, _route(ctx), pricing, usage)
-            if ctx.on_usage is not None and (usage := usage_from_json(body)) is not None:
-                ctx.on_usage(usage)
             self._finished(ctx, endpoint, upstream.status)
             return web.Response(
                 status=upstream.status,
                 body=body,
                 headers=_client_headers(upstream, ctx.response_headers),
             )
+        except asyncio.CancelledError:
+            if not self._cut_off():
+                raise
+            return GatewayError(
+                503,
+                "The gateway is shutting down; retry the request.",
+                error_type="service_unavailable",
+                code="gateway_shutting_down",
+            ).response(ctx.response_headers)
         finally:
+            if task is not None:
+                self._active.discard(task)
             if upstream is not None:
                 if upstream.content.is_eof():
                     upstream.release()
@@ -233,7 +266,7 @@ class Forwarder:
         await response.prepare(request)
         served = endpoint.config.served_model
         rewriter = SSEModelRewriter(served, endpoint.model) if served else None
-        watcher = StreamUsageWatcher() if pricing is not None or ctx.on_usage else None
+        watcher = StreamUsageWatcher() if pricing is not None else None
         content = upstream.content
         try:
             while True:
@@ -261,8 +294,6 @@ class Forwarder:
                     endpoint.record_success()
                     if watcher is not None and pricing is not None and watcher.usage:
                         account(self._metrics, ctx.model, _route(ctx), pricing, watcher.usage)
-                    if watcher is not None and ctx.on_usage is not None and watcher.usage:
-                        ctx.on_usage(watcher.usage)
                     break
                 if watcher is not None:
                     watcher.feed(chunk)
@@ -275,8 +306,24 @@ class Forwarder:
             await response.write_eof()
         except _CLIENT_GONE:
             self._metrics.client_disconnects.labels(ctx.model).inc()
+        except asyncio.CancelledError:
+            if not self._cut_off():
+                raise
+            await _end_cut_stream(response)
         self._finished(ctx, endpoint, upstream.status)
         return response
+
+
+async def _end_cut_stream(response: web.StreamResponse) -> None:
+    """Tell a stream's client that shutdown cut it, then end the stream properly."""
+    with contextlib.suppress(*_CLIENT_GONE, TimeoutError):
+        async with asyncio.timeout(1.0):  # a client that reads nothing must not hold exit
+            await response.write(
+                sse_error_event(
+                    "The gateway is shutting down; this stream was cut.", "gateway_shutting_down"
+                )
+            )
+            await response.write_eof()
 
 
 def _pricing(runtime: Runtime, model: str) -> PricingConfig | None:
@@ -309,9 +356,6 @@ def _upstream_headers(
         if lower in h.HOP_BY_HOP or lower.startswith("x-mixroute-") or lower == "accept-encoding":
             continue
         out[name] = value
-    if ctx.client_key_headers:  # gateway access control is on: the client's key stays here
-        for name in [n for n in out if n.lower() in ctx.client_key_headers]:
-            del out[name]
     auth = endpoint.config.auth
     if auth.mode == "replace":
         _drop_authorization(out)

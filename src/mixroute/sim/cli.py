@@ -179,6 +179,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(mid-stream after its first token when streaming)",
     )
     flt.add_argument(
+        "--stall-s",
+        type=float,
+        default=d.stall_s,
+        help="every stream pauses this long after its first token, then goes on",
+    )
+    flt.add_argument(
+        "--flap-up-s",
+        type=float,
+        default=d.flap_up_s,
+        help="with --flap-down-s: seconds up in each up/down cycle",
+    )
+    flt.add_argument(
+        "--flap-down-s",
+        type=float,
+        default=d.flap_down_s,
+        help="seconds down (503 everywhere but /metrics) in each up/down cycle; 0: no flapping",
+    )
+    flt.add_argument(
         "--shutdown-timeout-s",
         type=float,
         default=d.shutdown_timeout_s,
@@ -212,6 +230,9 @@ def settings_from_args(args: argparse.Namespace) -> SimSettings:
         hang_mode=args.hang_mode,
         slow_start_s=args.slow_start_s,
         crash_after=args.crash_after,
+        stall_s=args.stall_s,
+        flap_up_s=args.flap_up_s,
+        flap_down_s=args.flap_down_s,
         seed=args.seed,
         shutdown_timeout_s=args.shutdown_timeout_s,
         kv_events_port=args.kv_events_port,

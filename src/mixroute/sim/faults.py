@@ -13,6 +13,13 @@
   ``os._exit(1)``: a streaming request once its headers, role chunk and first token
   were flushed (mid-stream, the useful case for failover tests); a non-streaming one
   before any response byte. Requests still in flight at that moment die with it.
+* ``stall_s``: every stream pauses that long after its first token, then goes on (a
+  stalled decode step). Against a gateway's idle timeout: longer than it, the gateway must
+  cut the stream; shorter, the stream must come through whole.
+* ``flap_up_s`` / ``flap_down_s``: from start-up the replica is up for ``flap_up_s``, then
+  down for ``flap_down_s``, and so on. While down it answers 503 like slow start (``/health``
+  included, ``/metrics`` not); requests already running finish. A replica whose health
+  flaps, for breaker and probe tests.
 
 Random choices come from a ``random.Random(seed)`` owned by the injector, so a run with
 the same seed and the same request order fails the same requests.
@@ -37,15 +44,28 @@ class FaultInjector:
     def __init__(self, settings: SimSettings) -> None:
         self._settings = settings
         self._rng = random.Random(settings.seed)
+        self._started_at = 0.0
         self._ready_at = 0.0
         self._arrivals = 0
 
     def mark_started(self, now: float) -> None:
-        """Start the slow-start clock (called when the app starts serving)."""
+        """Start the slow-start and flapping clocks (called when the app starts serving)."""
+        self._started_at = now
         self._ready_at = now + self._settings.slow_start_s
 
     def warming_up(self, now: float) -> bool:
         return now < self._ready_at
+
+    def flapped_down(self, now: float) -> bool:
+        """Whether the flapping cycle is in a down phase at ``now`` (it starts up)."""
+        up, down = self._settings.flap_up_s, self._settings.flap_down_s
+        if down <= 0:
+            return False
+        return (now - self._started_at) % (up + down) >= up
+
+    @property
+    def stall_s(self) -> float:
+        return self._settings.stall_s
 
     def should_fail(self) -> bool:
         rate = self._settings.error_rate

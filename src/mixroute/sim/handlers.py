@@ -240,6 +240,8 @@ class SimHandlers:
                     self._faults.crash("mid-stream, after the first token")
                 if index == 0 and faults.hang:
                     await self._faults.hang_forever()
+                if index == 0 and self._faults.stall_s > 0:
+                    await asyncio.sleep(self._faults.stall_s)
             running.finish(answer.finish)
             await response.write(_sse(output.stream_end(answer.finish)))
             if gen.include_usage:

@@ -116,11 +116,18 @@ def build_app(settings: SimSettings) -> web.Application:
 
     @web.middleware
     async def slow_start_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Refuse everything but /metrics while the replica is still "loading"."""
+        """Refuse everything but /metrics while the replica is still "loading" or, when it
+        flaps, in a down phase."""
         now = asyncio.get_running_loop().time()
-        if request.path not in _ALWAYS_OPEN and faults.warming_up(now):
-            error = SimError(503, "The model is still loading.", "ServiceUnavailableError")
-            return json_response(error.body(), status=503)
+        if request.path not in _ALWAYS_OPEN:
+            message = None
+            if faults.warming_up(now):
+                message = "The model is still loading."
+            elif faults.flapped_down(now):
+                message = "The engine is down (simulated flapping)."
+            if message is not None:
+                error = SimError(503, message, "ServiceUnavailableError")
+                return json_response(error.body(), status=503)
         return await handler(request)
 
     async def on_startup(app: web.Application) -> None:

@@ -58,6 +58,9 @@ class SimSettings:
     hang_mode: HangMode = "before-headers"
     slow_start_s: float = 0.0
     crash_after: int | None = None
+    stall_s: float = 0.0  # one pause after the first token of every stream
+    flap_up_s: float = 0.0  # with flap_down_s > 0: up this long, then down, repeating
+    flap_down_s: float = 0.0
     seed: int = 0
     shutdown_timeout_s: float = 1.0
     kv_events_port: int | None = None  # None: no KV events
@@ -88,6 +91,9 @@ class SimSettings:
             "batch_slowdown": self.batch_slowdown,
             "prefix_cache_blocks": self.prefix_cache_blocks,
             "slow_start_s": self.slow_start_s,
+            "stall_s": self.stall_s,
+            "flap_up_s": self.flap_up_s,
+            "flap_down_s": self.flap_down_s,
             "shutdown_timeout_s": self.shutdown_timeout_s,
         }
         for name, amount in non_negative.items():
@@ -98,6 +104,8 @@ class SimSettings:
                 raise ValueError(f"{name} must be within [0, 1], got {rate}")
         if self.hang_mode not in HANG_MODES:
             raise ValueError(f"hang_mode must be one of {HANG_MODES}, got {self.hang_mode!r}")
+        if self.flap_down_s > 0 and self.flap_up_s <= 0:
+            raise ValueError("flap_down_s needs flap_up_s > 0 (a replica that is never up)")
         if self.crash_after is not None and self.crash_after < 0:
             raise ValueError(f"crash_after must be >= 0, got {self.crash_after}")
         if not 0 <= self.port <= 65535:

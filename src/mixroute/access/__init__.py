@@ -1,1 +1,0 @@
-"""Access control: API keys, tenants, rate limits and per-model admission (docs/config.md)."""
