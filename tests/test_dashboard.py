@@ -265,13 +265,52 @@ def _chromium() -> str:
     )
 
 
+def _unlock(page: Any, key: str | None) -> None:
+    """Behind a key the page asks for it once (a wrong one is refused); without, it is live."""
+    if key is not None:
+        page.wait_for_selector("#keygate:not([hidden])", timeout=10_000)
+        page.fill("#keyinput", "not-the-key")
+        page.click("#keysubmit")
+        page.wait_for_selector("#keyerror:has-text('refused')", timeout=10_000)
+        page.fill("#keyinput", key)
+        page.click("#keysubmit")
+        page.wait_for_selector("#keygate", state="hidden", timeout=10_000)
+    page.wait_for_selector("#conn:has-text('live')", timeout=10_000)
+    assert page.is_hidden("#keygate")
+    assert page.evaluate("sessionStorage.getItem('mixroute.adminKey')") == key
+
+
+def _row_of(page: Any, request_id: str) -> dict[str, str]:
+    row = page.wait_for_selector(f'#feed-body tr[data-request-id="{request_id}"]', timeout=10_000)
+    return {
+        field: row.query_selector(f'[data-field="{field}"]').inner_text()
+        for field in ("route", "model", "endpoint")
+    }
+
+
+def _playground(page: Any) -> dict[str, str]:
+    """Explain and send a prompt; the decision shown and the response headers shown."""
+    page.fill("#pg-prompt", "Solve 3x + 7 = 22 for x and check the answer.")
+    page.click("#pg-send")
+    page.wait_for_selector("#pg-headers tr[data-header='x-mixroute-route']", timeout=15_000)
+    assert page.inner_text("#pg-decision [data-field='route']") == "math"
+    assert page.inner_text("#pg-decision [data-field='model']") == "math-llm"
+    return {
+        row.query_selector("td:first-child").inner_text(): row.query_selector(
+            "td:last-child"
+        ).inner_text()
+        for row in page.query_selector_all("#pg-headers tr")
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_dashboard_in_chromium(demo_sims: SimPool, tmp_path: Path) -> None:
-    """The demo's config behind an admin key, a real ``mixroute serve``, a real browser.
-
-    The page asks for the key, then shows a request sent with the openai SDK in its live
-    feed (id, route, model) and the playground explains and sends a prompt."""
+@pytest.mark.parametrize("admin_key", [ADMIN_KEY, None], ids=["admin-key", "open"])
+def test_dashboard_in_chromium(demo_sims: SimPool, tmp_path: Path, admin_key: str | None) -> None:
+    """The demo's config (with or without an admin key), a real ``mixroute serve``, a real
+    headless Chromium: a request sent with the openai SDK shows up in the live feed (id,
+    route, model, endpoint), the playground explains and sends a prompt, the endpoint table
+    has the engine stats scraped from the simulators, and the config view hides the key."""
     chromium = _chromium()
     try:
         from playwright.sync_api import sync_playwright
@@ -282,8 +321,9 @@ def test_dashboard_in_chromium(demo_sims: SimPool, tmp_path: Path) -> None:
     from mixroute.demo import demo_config
 
     raw = demo_config(demo_sims.sims)  # type: ignore[arg-type]  # a Sim has a Simulator's fields
-    raw["server"] = {**raw.get("server", {}), "admin_key": ADMIN_KEY}
+    raw["server"] = {**raw.get("server", {}), "admin_key": admin_key}
     raw["balancer"]["health"]["interval_s"] = 0.5
+    raw["balancer"]["stats"] = {"enabled": True, "interval_s": 0.5}
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     process, url = start_gateway_process(config_path, tmp_path / "gateway.log")
@@ -301,16 +341,7 @@ def test_dashboard_in_chromium(demo_sims: SimPool, tmp_path: Path) -> None:
                     lambda msg: errors.append(msg.text) if msg.type == "error" else None,
                 )
                 page.goto(url + "/dashboard")
-                # Behind the key: the page asks for it once; a wrong one is refused.
-                page.wait_for_selector("#keygate:not([hidden])", timeout=10_000)
-                page.fill("#keyinput", "not-the-key")
-                page.click("#keysubmit")
-                page.wait_for_selector("#keyerror:has-text('refused')", timeout=10_000)
-                page.fill("#keyinput", ADMIN_KEY)
-                page.click("#keysubmit")
-                page.wait_for_selector("#keygate", state="hidden", timeout=10_000)
-                page.wait_for_selector("#conn:has-text('live')", timeout=10_000)
-                assert page.evaluate("sessionStorage.getItem('mixroute.adminKey')") == ADMIN_KEY
+                _unlock(page, admin_key)
 
                 reply = client.chat.completions.with_raw_response.create(
                     model="MoM",
@@ -318,15 +349,12 @@ def test_dashboard_in_chromium(demo_sims: SimPool, tmp_path: Path) -> None:
                         {"role": "user", "content": "What is the integral of x^2 from 0 to 3?"}
                     ],
                 )
-                request_id = reply.headers["x-request-id"]
-                route, model = reply.headers["x-mixroute-route"], reply.headers["x-mixroute-model"]
-                assert (route, model) == ("math", "math-llm")
-                row = page.wait_for_selector(
-                    f'#feed-body tr[data-request-id="{request_id}"]', timeout=10_000
-                )
-                assert row is not None
-                assert row.query_selector('[data-field="route"]').inner_text() == route  # type: ignore[union-attr]
-                assert row.query_selector('[data-field="model"]').inner_text() == model  # type: ignore[union-attr]
+                assert _row_of(page, reply.headers["x-request-id"]) == {
+                    "route": reply.headers["x-mixroute-route"],
+                    "model": reply.headers["x-mixroute-model"],
+                    "endpoint": reply.headers["x-mixroute-endpoint"],
+                }
+                assert reply.headers["x-mixroute-route"] == "math"
 
                 # Some more traffic, so the charts and tables have something to show.
                 for prompt, wanted in (
@@ -341,41 +369,31 @@ def test_dashboard_in_chromium(demo_sims: SimPool, tmp_path: Path) -> None:
                     assert got.headers["x-mixroute-route"] == wanted, prompt
                     time.sleep(0.3)
 
-                # The playground: the decision explained, then a real request's headers.
-                page.fill("#pg-prompt", "Solve 3x + 7 = 22 for x and check the answer.")
-                page.click("#pg-send")
-                page.wait_for_selector(
-                    "#pg-headers tr[data-header='x-mixroute-route']", timeout=15_000
-                )
-                assert page.inner_text("#pg-decision [data-field='route']") == "math"
-                assert page.inner_text("#pg-decision [data-field='model']") == "math-llm"
-                headers = {
-                    r.query_selector("td:first-child").inner_text(): r.query_selector(
-                        "td:last-child"
-                    ).inner_text()  # type: ignore[union-attr]
-                    for r in page.query_selector_all("#pg-headers tr")
-                }
+                headers = _playground(page)
                 assert headers["x-mixroute-route"] == "math"
                 assert headers["x-mixroute-model"] == "math-llm"
                 assert "x-mixroute-candidates" in headers  # the debug headers are there too
-                assert "x-request-id" in headers
                 # The playground's request reaches the feed as well.
-                page.wait_for_selector(
-                    f'#feed-body tr[data-request-id="{headers["x-request-id"]}"]', timeout=10_000
-                )
+                assert _row_of(page, headers["x-request-id"])["route"] == "math"
 
-                # Health and load per endpoint; the config with its secret masked.
-                page.wait_for_selector("[data-model='math-llm'] tr[data-endpoint='math-llm-0']")
+                # Health, load and engine stats per endpoint; the config, its secret masked.
+                page.wait_for_selector(
+                    "[data-model='math-llm'] tr[data-endpoint='math-llm-0'] "
+                    "td[data-field='engine']:has-text('%')",
+                    timeout=10_000,
+                )
                 page.wait_for_selector("#config:has-text('admin_key')", timeout=10_000)
-                config_text = page.inner_text("#config")
-                assert ADMIN_KEY not in config_text and MASK in config_text
-                assert ADMIN_KEY not in page.content()
+                if admin_key is not None:
+                    assert admin_key not in page.inner_text("#config")
+                    assert MASK in page.inner_text("#config")
+                    assert admin_key not in page.content()
 
                 page.wait_for_timeout(1200)  # one more poll, so the charts hold the last request
                 shot = tmp_path / "dashboard.png"
                 page.screenshot(path=str(shot), full_page=True)
                 assert shot.stat().st_size > 50_000
-                if os.environ.get("MIXROUTE_DOCS_SCREENSHOT") == "1" or not SCREENSHOT.exists():
+                docs_copy = os.environ.get("MIXROUTE_DOCS_SCREENSHOT") == "1"
+                if admin_key is not None and (docs_copy or not SCREENSHOT.exists()):
                     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(shot, SCREENSHOT)
                 # 401s are expected: the page's first poll and the wrong key; nothing else.

@@ -64,6 +64,12 @@ def _build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate a config file")
     check.add_argument("file", type=Path)
+
+    keys = commands.add_parser("keys", help="API keys for access control (docs/config.md)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_commands.add_parser("new", help="print a fresh key and the hash to put in the config")
+    hash_key = keys_commands.add_parser("hash", help="print the hash of a key read from stdin")
+    hash_key.add_argument("--key", help="the key (default: read one line from stdin)")
     return parser
 
 
@@ -94,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "handler", None) is not None:
             code: int = args.handler(args)
             return code
+        if args.command == "keys":
+            from mixroute.access.cli import run as run_keys
+
+            return run_keys(args)
         if args.command == "config":
             config = load_config_file(args.file)
             print(

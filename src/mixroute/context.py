@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,3 +59,7 @@ class RequestContext:
     # Exact prefix matches from KV events: (blocks held per endpoint, blocks in the prompt).
     kv_matches: tuple[dict[str, int], int] | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    # Access control (access/service.py): charged with the answer's usage when it is known
+    # (the key's tokens per minute), and the client's key headers, never sent upstream.
+    on_usage: Callable[[dict[str, Any]], None] | None = None
+    client_key_headers: tuple[str, ...] = ()

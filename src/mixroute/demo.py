@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from mixroute.access.keys import hash_key
 from mixroute.config.loader import validate_config
 from mixroute.config.schema import MixrouteConfig
 from mixroute.server import serve_until_stopped
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 DEMO_MODELS = ("general-llm", "math-llm", "code-llm", "creative-llm", "local-llm")
 REPLICAS_PER_MODEL = 2
+# A published key for the demo only: tenant demo-team, 5 requests per minute (docs/config.md,
+# "Access control"). Requests without a key (or with any other key) are served anonymously.
+DEMO_KEY = "mr-demo-key"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -186,6 +190,11 @@ def demo_config(simulators: list[Simulator], head: str | None = None) -> dict[st
         },
         "routing": {"default_model": "general-llm"},
         "cache": {"enabled": True, "backend": "memory", "max_entries": 5000, "ttl_s": 600},
+        "access": {
+            "enabled": True,
+            "keys": [{"name": "demo", "hash": hash_key(DEMO_KEY), "tenant": "demo-team", "rpm": 5}],
+            "anonymous": {"allowed": True, "unknown_keys": "anonymous"},
+        },
         "guards": {
             "jailbreak": {"enabled": True, "action": "block", "on_error": "open"},
             "pii": {"enabled": True, "action": "reroute", "reroute_to": "local-llm"},
@@ -325,7 +334,9 @@ def _banner(host: str, port: int, config_path: Path, simulators: list[Simulator]
         f"{len(simulators)} simulators)\n"
         f"  simulated pool: {pool}\n"
         f"  live config (edit it; it reloads): {config_path}\n"
-        f"  dashboard: {base}/dashboard\n\n"
+        f"  dashboard: {base}/dashboard\n"
+        f"  demo API key {DEMO_KEY} (tenant demo-team, 5 requests/min, then 429; no key "
+        f"works too): add -H 'authorization: Bearer {DEMO_KEY}'\n\n"
         f"  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
         f'    -d \'{{"model": "MoM", "messages": [{{"role": "user", '
         f'"content": "What is 2+2?"}}]}}\' -D - \n'

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from mixroute.access.service import AccessControl
 from mixroute.balancer.discovery.kubernetes import DiscoveryError, KubernetesDiscovery
 from mixroute.cache.service import CacheService
 from mixroute.config.loader import ConfigError
@@ -48,6 +49,9 @@ class Gateway:
         # Set on SIGTERM/SIGINT (server.drain): /ready answers 503 so that load balancers
         # stop sending while the requests in flight finish.
         self.draining = False
+        # Keys, rate-limit buckets and admission gates: rebuilt on every reload from the
+        # previous one, so unchanged keys keep their windows (access/service.py).
+        self.access = AccessControl(config.access, list(config.access.keys), config.aliases(), {})
 
     def runtime_config_max_body(self) -> int:
         """The body limit is fixed at start (aiohttp reads it once); reloads cannot raise it."""
@@ -144,12 +148,14 @@ class Gateway:
         return fresh
 
     async def _build_runtime(self, config: MixrouteConfig, previous: Runtime | None) -> Runtime:
+        access = await AccessControl.build(config, self._config_path, previous=self.access)
         runtime = Runtime(config, self.session, self.metrics, previous=previous)
         if config.semantic_enabled():
             assets = await self.semantic_assets(config)
             runtime.router = await SemanticRouter.build(config, assets.engine, assets.domain_head)
         await self._update_cache(config)
         await self._update_guards(config)
+        self.access = access
         return runtime
 
     async def guard_service_for_api(self) -> GuardService:

@@ -51,7 +51,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         ).response({h.REQUEST_ID: openai.request_id_for(request)})
 
 
+_ACCESS_REASONS = {
+    "rate_limit_exceeded": "rate_limited",
+    "model_not_allowed": "forbidden",
+    "queue_full": "queue_full",
+    "queue_timeout": "queue_timeout",
+}
+
+
 def _reason(exc: GatewayError) -> str:
+    access = _ACCESS_REASONS.get(exc.code or "")
+    if access is not None:
+        return access
     if exc.status == 413:
         return "too_large"
     if exc.status == 404:

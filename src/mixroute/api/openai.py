@@ -113,6 +113,11 @@ async def _serve(
     holder: list[RequestContext],
 ) -> web.StreamResponse:
     runtime = gateway.runtime
+    access = gateway.access
+    # Before the body is read: an unknown caller is refused for the price of a header lookup.
+    principal = access.authenticate(request.headers, request.remote) if access.enabled else None
+    if principal is not None:
+        access.admit_request(principal)
     raw = await read_body(request, runtime.config.server.max_body_bytes)
     body = _parse(raw, kind, request.content_type)
     requested = body["model"]
@@ -124,23 +129,31 @@ async def _serve(
         body=body,
         raw_body=raw,
         stream=body.get("stream") is True,
-        tenant=request.headers.get(h.TENANT),
+        # With access on the key decides the tenant (the cache scope), never a header.
+        tenant=principal.tenant if principal is not None else request.headers.get(h.TENANT),
         debug=request.headers.get(h.DEBUG) == "1",
         started=started,
     )
     holder.append(ctx)
+    if principal is not None:
+        access.admit_tokens(principal, ctx)
     ctx.response_headers[h.REQUEST_ID] = request_id
     if ctx.debug:
         ctx.response_headers[h.WORKER] = str(os.getpid())
     await choose_model(ctx, runtime, kind, request.content_type, gateway.metrics)
+    if principal is not None:
+        access.check_model(principal, ctx)
     ctx.session_key = _session_key(request, body, runtime)
     refusal = await apply_guards(request, ctx, runtime, gateway)
     if refusal is not None:
         return refusal
+    if principal is not None:  # a guard may have rerouted the request to another model
+        access.check_model(principal, ctx)
     plan, cached = await plan_cache(request, ctx, runtime, gateway)
     if cached is not None:
         return cached
-    response = await gateway.forwarder.forward(request, ctx, runtime)
+    async with access.admission(ctx.model, principal):  # the model's in-flight limit
+        response = await gateway.forwarder.forward(request, ctx, runtime)
     await store_answer(plan)
     await _scan_output(ctx, gateway, response)
     return response
@@ -276,9 +289,13 @@ def _session_key(request: web.Request, body: dict[str, Any], runtime: Runtime) -
 
 
 async def list_models(request: web.Request) -> web.Response:
-    runtime = request.app[GATEWAY].runtime
+    gateway = request.app[GATEWAY]
+    runtime = gateway.runtime
     created = int(time.time())
     names = [*runtime.model_names(), *runtime.config.routing.auto_models]
+    if gateway.access.enabled:  # a key sees the models it may use (and MoM/auto)
+        principal = gateway.access.authenticate(request.headers, request.remote)
+        names = [n for n in names if runtime.is_auto(n) or principal.models(n)]
     data = [{"id": n, "object": "model", "created": created, "owned_by": "mixroute"} for n in names]
     return web.Response(
         body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"

@@ -38,6 +38,8 @@ async def metrics(request: web.Request) -> web.Response:
             1 if endpoint.is_available() else 0
         )
     gateway.metrics.prefix_index_blocks.set(len(gateway.runtime.prefix_index))
+    # Refreshed here too: TTL and LRU evictions change the count without a store.
+    gateway.metrics.cache_entries.set(gateway.cache.size() if gateway.cache is not None else 0)
     body = await asyncio.get_running_loop().run_in_executor(None, gateway.metrics.render)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 

@@ -74,5 +74,9 @@ class CacheService:
         self._metrics.cache_stores.inc()
         self._metrics.cache_entries.set(self._backend.size())
 
+    def size(self) -> int:
+        """Entries held (this process's view; pgvector: as of its last maintenance run)."""
+        return self._backend.size()
+
     def count_bypass(self) -> None:
         self._metrics.cache_lookups.labels("bypass").inc()

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mixroute.access.config import AccessConfig, check_key_targets
 from mixroute.balancer.discovery.config import KubernetesDiscoveryConfig
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -75,7 +76,7 @@ class AuthConfig(StrictModel):
     """What the upstream sees in ``Authorization``."""
 
     mode: Literal["forward", "replace", "drop"] = "forward"
-    api_key: str | None = None
+    api_key: str | None = Field(None, repr=False)  # never in logs or error messages
 
     @model_validator(mode="after")
     def _replace_needs_key(self) -> AuthConfig:
@@ -163,6 +164,15 @@ class ModelConfig(StrictModel):
         default_factory=list,
         description='PII types this model may receive ("*": all), '
         "e.g. a model that runs on your own hardware.",
+    )
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Admission: requests of this model upstream at once."
+    )
+    max_queue: int = Field(
+        100, ge=0, description="Admission: requests waiting beyond max_in_flight (then 429)."
+    )
+    queue_timeout_s: float = Field(
+        30.0, gt=0, description="Admission: longest wait in the queue (then 503)."
     )
 
 
@@ -659,6 +669,7 @@ class MixrouteConfig(StrictModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> MixrouteConfig:
@@ -694,6 +705,13 @@ class MixrouteConfig(StrictModel):
             )
         self._check_signals_and_routes(served | set(seen))
         self._check_guards(served)
+        check_key_targets(
+            [(f"access.keys[{i}]", k.models, k.routes) for i, k in enumerate(self.access.keys)]
+            + [("access.anonymous", self.access.anonymous.models, self.access.anonymous.routes)],
+            served | set(seen),
+            set(self.routing.auto_models),
+            {r.name for r in self.routes} | {"default"},
+        )
         return self
 
     def _check_signals_and_routes(self, known_models: set[str]) -> None:

@@ -28,7 +28,7 @@ class RequestRecord:
     confidence: float | None = None
     endpoint: str | None = None
     attempts: int = 1
-    cache: str | None = None  # hit / miss / bypass, as in x-mixroute-cache
+    cache: str | None = None  # hit / miss, as in x-mixroute-cache
     guard: str | None = None  # what a guard did (blocked:..., pii: ..., flagged:...)
     error: str | None = None  # the OpenAI error code when the request failed
     tenant: str | None = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Time per output token: a decode step is milliseconds to a few hundred milliseconds.
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 
 
 class Metrics:
@@ -22,6 +24,35 @@ class Metrics:
             "mixroute_requests",
             "Requests answered by the gateway, by public model, endpoint and HTTP status class.",
             ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.requests_by_route = Counter(
+            "mixroute_requests_by_route",
+            "Every finished inference request (answered, refused, cached, failed, client "
+            "closed), by model, route, category and HTTP status class.",
+            ["model", "route", "category", "status"],
+            registry=r,
+        )
+        self.request_errors = Counter(
+            "mixroute_request_errors",
+            "Failed inference requests, by the OpenAI error code of the answer (a fixed set; "
+            "anything else is 'other').",
+            ["code"],
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "mixroute_time_to_first_token_seconds",
+            "Request received to the first generated token relayed (streams) or to the whole "
+            "upstream answer (non-streamed).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_per_output_token = Histogram(
+            "mixroute_time_per_output_token_seconds",
+            "Streams only: (last token chunk - first token chunk) / (completion tokens - 1).",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
             registry=r,
         )
         self.request_duration = Histogram(
@@ -71,7 +102,8 @@ class Metrics:
         self.rejected = Counter(
             "mixroute_rejected_requests",
             "Requests refused before routing, by reason (bad_request, too_large, "
-            "unknown_model, no_endpoint, unauthorized).",
+            "unknown_model, no_endpoint, unauthorized, rate_limited, forbidden, queue_full, "
+            "queue_timeout).",
             ["reason"],
             registry=r,
         )
@@ -102,8 +134,8 @@ class Metrics:
         )
         self.tokens = Counter(
             "mixroute_tokens",
-            "Tokens reported in upstream usage, for models with pricing, by kind "
-            "(prompt, completion).",
+            "Tokens per model and kind (prompt, completion): from usage when the answer has "
+            "it, else streamed completion tokens counted one per content chunk.",
             ["model", "kind"],
             registry=r,
         )

@@ -216,6 +216,8 @@ class Forwarder:
             pricing = _pricing(runtime, ctx.model)
             if pricing is not None and (usage := usage_from_json(body)) is not None:
                 account(self._metrics, ctx.model, _route(ctx), pricing, usage)
+            if ctx.on_usage is not None and (usage := usage_from_json(body)) is not None:
+                ctx.on_usage(usage)
             self._finished(ctx, endpoint, upstream.status)
             return web.Response(
                 status=upstream.status,
@@ -266,7 +268,7 @@ class Forwarder:
         await response.prepare(request)
         served = endpoint.config.served_model
         rewriter = SSEModelRewriter(served, endpoint.model) if served else None
-        watcher = StreamUsageWatcher() if pricing is not None else None
+        watcher = StreamUsageWatcher() if pricing is not None or ctx.on_usage else None
         content = upstream.content
         try:
             while True:
@@ -294,6 +296,8 @@ class Forwarder:
                     endpoint.record_success()
                     if watcher is not None and pricing is not None and watcher.usage:
                         account(self._metrics, ctx.model, _route(ctx), pricing, watcher.usage)
+                    if watcher is not None and ctx.on_usage is not None and watcher.usage:
+                        ctx.on_usage(watcher.usage)
                     break
                 if watcher is not None:
                     watcher.feed(chunk)
@@ -356,6 +360,9 @@ def _upstream_headers(
         if lower in h.HOP_BY_HOP or lower.startswith("x-mixroute-") or lower == "accept-encoding":
             continue
         out[name] = value
+    if ctx.client_key_headers:  # gateway access control is on: the client's key stays here
+        for name in [n for n in out if n.lower() in ctx.client_key_headers]:
+            del out[name]
     auth = endpoint.config.auth
     if auth.mode == "replace":
         _drop_authorization(out)

@@ -392,11 +392,11 @@
       for (const e of model.endpoints) {
         const [cls, label] = endpointStatus(e);
         const engine = e.engine
-          ? `run ${e.engine.running} · wait ${e.engine.waiting} · kv ${(100 * e.engine.kv_usage).toFixed(0)}%`
+          ? `${e.engine.running}/${e.engine.waiting} · ${(100 * e.engine.kv_usage).toFixed(0)}%`
           : "–";
         const ew = e.window || { requests: 0, p50_ms: null };
         tbody.append(el("tr", { "data-endpoint": e.name },
-          el("td", null, el("span", { class: `dot ${cls}` }), el("span", { text: e.name })),
+          el("td", { title: e.url }, el("span", { text: e.name })),
           el("td", null, el("span", { class: `badge ${cls}`, text: label })),
           el("td", { class: "num" }, String(e.in_flight),
             el("span", { class: "meter" }, el("span", { style: { width: `${Math.min(100, (100 * e.in_flight) / maxInFlight)}%` } }))),
@@ -405,14 +405,18 @@
           el("td", { class: "num", text: ew.requests }),
           el("td", { class: "num", text: fmtMs(ew.p50_ms) }),
           el("td", { class: e.circuit === "closed" ? "dim" : "", text: e.circuit.replace("_", "-") }),
-          el("td", { class: "dim small", text: engine, title: e.last_error ? "last error: " + e.last_error : null })));
+          el("td", { class: "dim", "data-field": "engine", text: engine,
+            title: e.last_error ? "last error: " + e.last_error : "running / waiting · KV cache in use" })));
       }
       const table = el("table", { class: "table compact" },
         el("thead", null, el("tr", null,
           el("th", { text: "endpoint" }), el("th", { text: "state" }), el("th", { class: "num", text: "in flight" }),
-          el("th", { class: "num", text: "requests" }), el("th", { class: "num", text: "failures" }),
-          el("th", { class: "num", text: "2 min" }), el("th", { class: "num", text: "p50" }),
-          el("th", { text: "breaker" }), el("th", { text: "engine" }))),
+          el("th", { class: "num", text: "total", title: "requests since start" }),
+          el("th", { class: "num", text: "failed", title: "failures since start" }),
+          el("th", { class: "num", text: "2 min", title: "requests in the window" }),
+          el("th", { class: "num", text: "p50", title: "median latency in the window" }),
+          el("th", { text: "breaker" }),
+          el("th", { text: "engine", title: "running / waiting · KV cache in use (scraped)" }))),
         tbody);
       box.append(el("div", { class: "model", "data-model": model.name }, head, el("div", { class: "table-wrap" }, table)));
     }
