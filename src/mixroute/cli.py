@@ -124,6 +124,10 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config_file(args.config)
     else:
         config = config_from_backends(args.backend)
+    if config.observability.logs.format == "json":
+        from mixroute.observability.logs import use_json_logs
+
+        use_json_logs()
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     return run_server(config, config_path=args.config, host=host, port=port, workers=args.workers)

@@ -63,3 +63,6 @@ class RequestContext:
     # (the key's tokens per minute), and the client's key headers, never sent upstream.
     on_usage: Callable[[dict[str, Any]], None] | None = None
     client_key_headers: tuple[str, ...] = ()
+    # The error code of a failure answered without raising (the last failed attempt, a stream
+    # that broke after its 200, a client gone mid-stream): the request log and metrics read it.
+    error_code: str | None = None

@@ -20,6 +20,7 @@ from mixroute.config.schema import EndpointConfig, GuardsConfig, MixrouteConfig
 from mixroute.config.watcher import ConfigWatcher
 from mixroute.guards.service import GuardService
 from mixroute.observability.feed import DecisionFeed
+from mixroute.observability.logs import RequestLogger
 from mixroute.observability.metrics import Metrics
 from mixroute.observability.recorder import RequestRecorder
 from mixroute.proxy.forward import Forwarder
@@ -33,7 +34,11 @@ log = logging.getLogger(__name__)
 class Gateway:
     def __init__(self, config: MixrouteConfig, config_path: Path | None = None) -> None:
         self.metrics = Metrics()
-        self.recorder = RequestRecorder(self.metrics, DecisionFeed())
+        self.recorder = RequestRecorder(
+            self.metrics,
+            DecisionFeed(),
+            RequestLogger(lambda: self.runtime.config.observability.logs),
+        )
         self._initial_config = config
         self._config_path = config_path
         self._session: aiohttp.ClientSession | None = None

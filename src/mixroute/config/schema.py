@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mixroute.access.config import AccessConfig, check_key_targets
 from mixroute.balancer.discovery.config import KubernetesDiscoveryConfig
+from mixroute.observability.config import ObservabilityConfig
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 POLICY_NAMES = (
@@ -669,6 +670,7 @@ class MixrouteConfig(StrictModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     access: AccessConfig = Field(default_factory=AccessConfig)
 
     @model_validator(mode="after")

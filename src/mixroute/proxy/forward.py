@@ -26,7 +26,7 @@ from mixroute.errors import GatewayError, no_healthy_endpoint, sse_error_event, 
 from mixroute.observability.metrics import Metrics
 from mixroute.proxy.disagg import run_prefill, split_roles
 from mixroute.proxy.rewrite import SSEModelRewriter, rewrite_json_model
-from mixroute.proxy.usage import StreamUsageWatcher, account, usage_from_json
+from mixroute.proxy.usage import StreamUsageWatcher, account_answer, account_stream, usage_from_json
 from mixroute.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class Forwarder:
             raise no_healthy_endpoint(ctx.model)
         ctx.response_headers[h.ATTEMPTS] = str(len(tried))
         status = failure.error.status if failure.error is not None else failure.status
+        ctx.error_code = failure.error.code if failure.error is not None else None
         self._metrics.requests.labels(ctx.model, "", _status_class(status)).inc()
         return failure.response(ctx.response_headers)
 
@@ -213,9 +214,16 @@ class Forwarder:
                 body = rewrite_json_model(body, endpoint.model)
             if ctx.tap is not None:
                 body = ctx.tap.on_body(upstream.status, body)
-            pricing = _pricing(runtime, ctx.model)
-            if pricing is not None and (usage := usage_from_json(body)) is not None:
-                account(self._metrics, ctx.model, _route(ctx), pricing, usage)
+            if upstream.status == 200 and upstream.content_type == "application/json":
+                account_answer(
+                    self._metrics,
+                    ctx.model,
+                    _route(ctx),
+                    _pricing(runtime, ctx.model),
+                    body,
+                    ctx.started,
+                    time.monotonic(),
+                )
             if ctx.on_usage is not None and (usage := usage_from_json(body)) is not None:
                 ctx.on_usage(usage)
             self._finished(ctx, endpoint, upstream.status)
@@ -268,7 +276,7 @@ class Forwarder:
         await response.prepare(request)
         served = endpoint.config.served_model
         rewriter = SSEModelRewriter(served, endpoint.model) if served else None
-        watcher = StreamUsageWatcher() if pricing is not None or ctx.on_usage else None
+        watcher = StreamUsageWatcher()
         content = upstream.content
         try:
             while True:
@@ -279,6 +287,7 @@ class Forwarder:
                     endpoint.record_failure("stream_broken")
                     self._metrics.upstream_errors.labels(endpoint.name, "stream_broken").inc()
                     log.warning("stream from %s broke: %s", endpoint.name, type(exc).__name__)
+                    ctx.error_code = "upstream_stream_broken"
                     await response.write(
                         sse_error_event(
                             f"The upstream {endpoint.name} stopped mid-stream.",
@@ -294,13 +303,10 @@ class Forwarder:
                             await response.write(rest)
                         ctx.tap.on_stream_end(complete=True)
                     endpoint.record_success()
-                    if watcher is not None and pricing is not None and watcher.usage:
-                        account(self._metrics, ctx.model, _route(ctx), pricing, watcher.usage)
-                    if watcher is not None and ctx.on_usage is not None and watcher.usage:
+                    if ctx.on_usage is not None and watcher.usage:
                         ctx.on_usage(watcher.usage)
                     break
-                if watcher is not None:
-                    watcher.feed(chunk)
+                watcher.feed(chunk, time.monotonic())
                 if rewriter is not None:
                     chunk = rewriter.feed(chunk)
                 if ctx.tap is not None:
@@ -310,10 +316,13 @@ class Forwarder:
             await response.write_eof()
         except _CLIENT_GONE:
             self._metrics.client_disconnects.labels(ctx.model).inc()
+            ctx.error_code = "client_closed"
         except asyncio.CancelledError:
             if not self._cut_off():
                 raise
             await _end_cut_stream(response)
+            ctx.error_code = "gateway_shutting_down"
+        account_stream(self._metrics, ctx.model, _route(ctx), pricing, watcher, ctx.started)
         self._finished(ctx, endpoint, upstream.status)
         return response
 
