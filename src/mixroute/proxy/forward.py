@@ -235,6 +235,7 @@ class Forwarder:
         except asyncio.CancelledError:
             if not self._cut_off():
                 raise
+            ctx.error_code = "gateway_shutting_down"
             return GatewayError(
                 503,
                 "The gateway is shutting down; retry the request.",
