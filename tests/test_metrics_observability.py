@@ -3,6 +3,9 @@ status, errors by code, tokens for every model (streams without usage too), TTFT
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import re
 from pathlib import Path
 
@@ -165,3 +168,39 @@ def test_every_gauge_is_set_somewhere() -> None:
         assert re.search(direct, source) or (
             held and re.search(rf"\b{held.group(1)}\.(set|inc|dec)\(", source)
         ), f"gauge {name} is never set"
+
+
+async def test_token_timing_values_and_a_client_that_leaves(
+    sim_pool: SimPool, gateways: list[RunningGateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    """TPOT matches the engine's decode step; a client gone mid-stream is counted once, as
+    ``client_closed``, in the metrics and the request log."""
+    sim_pool.start("paced", "paced-0", "--decode-ms-per-token", "20")
+    gw = await start_gateway(config_for(sim_pool.sims))
+    gateways.append(gw)
+    caplog.set_level(logging.INFO, logger="mixroute.requests")
+    body = {
+        "model": "paced",
+        "messages": [{"role": "user", "content": "Count"}],
+        "stream": True,
+        "max_tokens": 10,
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.v1 + "/chat/completions", json=body) as response:
+            await response.read()
+        body["max_tokens"] = 200
+        async with session.post(gw.v1 + "/chat/completions", json=body) as response:
+            await response.content.readline()  # the first event, then leave
+            response.close()
+        for _ in range(100):
+            if len([r for r in caplog.records if r.name == "mixroute.requests"]) == 2:
+                break
+            await asyncio.sleep(0.05)
+        samples = await scrape(gw)
+    tpot = "mixroute_time_per_output_token_seconds"
+    mean = value(samples, tpot + "_sum") / value(samples, tpot + "_count")
+    assert 0.015 < mean < 0.06  # 20 ms per decode step, plus scheduling noise
+    assert value(samples, "mixroute_request_errors_total", code="client_closed") == 1
+    assert value(samples, "mixroute_request_errors_total") == 1
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mixroute.requests"]
+    assert [line["error"] for line in lines] == [None, "client_closed"]
