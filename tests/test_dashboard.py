@@ -303,6 +303,14 @@ def _playground(page: Any) -> dict[str, str]:
     }
 
 
+def test_missing_chromium_fails_and_names_make_browser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI installs the browser; a machine without it must fail the browser test, not skip it."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    with pytest.raises(pytest.fail.Exception, match="make browser"):
+        _chromium()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("admin_key", [ADMIN_KEY, None], ids=["admin-key", "open"])
