@@ -9,6 +9,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from mixroute.observability.tracing import NO_TRACE, RequestTrace
+
 
 @dataclass(slots=True)
 class Decision:
@@ -63,6 +65,7 @@ class RequestContext:
     # (the key's tokens per minute), and the client's key headers, never sent upstream.
     on_usage: Callable[[dict[str, Any]], None] | None = None
     client_key_headers: tuple[str, ...] = ()
+    trace: RequestTrace = NO_TRACE  # spans for the stages (observability/tracing.py)
     # The error code of a failure answered without raising (the last failed attempt, a stream
     # that broke after its 200, a client gone mid-stream): the request log and metrics read it.
     error_code: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -23,16 +24,28 @@ from mixroute.observability.feed import DecisionFeed
 from mixroute.observability.logs import RequestLogger
 from mixroute.observability.metrics import Metrics
 from mixroute.observability.recorder import RequestRecorder
+from mixroute.observability.tracing import NO_TRACING, Tracing, build_tracing
 from mixroute.proxy.forward import Forwarder
 from mixroute.runtime import Runtime
 from mixroute.semantic.assets import SemanticAssets, load_assets
 from mixroute.semantic.router import SemanticRouter
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
+
 log = logging.getLogger(__name__)
 
 
 class Gateway:
-    def __init__(self, config: MixrouteConfig, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: MixrouteConfig,
+        config_path: Path | None = None,
+        span_processor: SpanProcessor | None = None,
+    ) -> None:
+        """``span_processor`` replaces the OTLP exporter of tracing (tests record in memory)."""
+        self.tracing: Tracing = NO_TRACING
+        self._span_processor = span_processor
         self.metrics = Metrics()
         self.recorder = RequestRecorder(
             self.metrics,
@@ -85,6 +98,9 @@ class Gateway:
             connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
         )
         self._forwarder = Forwarder(self._session, self.metrics)
+        self.tracing = build_tracing(
+            self._initial_config.observability.tracing, self._span_processor
+        )
         self._runtime = await self._build_runtime(self._initial_config, previous=None)
         await self._update_discovery(self._initial_config)
         self._runtime.start()
@@ -113,6 +129,7 @@ class Gateway:
         for guards in (self.guards, self._api_guards):
             if guards is not None:
                 guards.close()
+        await self.tracing.shutdown()
 
     async def apply_config(self, config: MixrouteConfig) -> None:
         """Swap in a runtime built from ``config``; requests in flight keep the old one."""

@@ -21,6 +21,12 @@ from mixroute.gateway import Gateway
 from mixroute.guards.output import scan_answer
 from mixroute.observability.metrics import Metrics
 from mixroute.observability.recorder import CLIENT_CLOSED
+from mixroute.observability.tracing import (
+    RequestTrace,
+    describe_cache,
+    describe_decision,
+    describe_guards,
+)
 from mixroute.runtime import Runtime
 
 # Paths proxied to an endpoint of the named model without further interpretation.
@@ -82,8 +88,9 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
     request_id = request_id_for(request)
     holder: list[RequestContext] = []
     status, error, headers = CLIENT_CLOSED, None, None
+    trace = gateway.tracing.begin(request.method, request.path, request.headers, request_id)
     try:
-        response = await _serve(request, kind, gateway, request_id, started, holder)
+        response = await _serve(request, kind, gateway, request_id, started, holder, trace)
         status, headers = response.status, response.headers
         return response
     except GatewayError as exc:
@@ -102,6 +109,7 @@ async def _inference(request: web.Request, kind: str) -> web.StreamResponse:
             headers=headers,
             error=error,
         )
+        trace.finish(status, holder[0] if holder else None, headers, error)
 
 
 async def _serve(
@@ -111,6 +119,7 @@ async def _serve(
     request_id: str,
     started: float,
     holder: list[RequestContext],
+    trace: RequestTrace,
 ) -> web.StreamResponse:
     runtime = gateway.runtime
     access = gateway.access
@@ -118,8 +127,9 @@ async def _serve(
     principal = access.authenticate(request.headers, request.remote) if access.enabled else None
     if principal is not None:
         access.admit_request(principal)
-    raw = await read_body(request, runtime.config.server.max_body_bytes)
-    body = _parse(raw, kind, request.content_type)
+    with trace.span("mixroute.parse"):
+        raw = await read_body(request, runtime.config.server.max_body_bytes)
+        body = _parse(raw, kind, request.content_type)
     requested = body["model"]
     ctx = RequestContext(
         request_id=request_id,
@@ -133,6 +143,7 @@ async def _serve(
         tenant=principal.tenant if principal is not None else request.headers.get(h.TENANT),
         debug=request.headers.get(h.DEBUG) == "1",
         started=started,
+        trace=trace,
     )
     holder.append(ctx)
     if principal is not None:
@@ -140,20 +151,27 @@ async def _serve(
     ctx.response_headers[h.REQUEST_ID] = request_id
     if ctx.debug:
         ctx.response_headers[h.WORKER] = str(os.getpid())
-    await choose_model(ctx, runtime, kind, request.content_type, gateway.metrics)
+    with trace.span("mixroute.decision") as span:
+        await choose_model(ctx, runtime, kind, request.content_type, gateway.metrics)
+        describe_decision(span, ctx)
     if principal is not None:
         access.check_model(principal, ctx)
     ctx.session_key = _session_key(request, body, runtime)
-    refusal = await apply_guards(request, ctx, runtime, gateway)
+    with trace.span("mixroute.guards") as span:
+        refusal = await apply_guards(request, ctx, runtime, gateway)
+        describe_guards(span, ctx, refusal is not None)
     if refusal is not None:
         return refusal
     if principal is not None:  # a guard may have rerouted the request to another model
         access.check_model(principal, ctx)
-    plan, cached = await plan_cache(request, ctx, runtime, gateway)
+    with trace.span("mixroute.cache") as span:
+        plan, cached = await plan_cache(request, ctx, runtime, gateway)
+        describe_cache(span, ctx, cached is not None)
     if cached is not None:
         return cached
     async with access.admission(ctx.model, principal):  # the model's in-flight limit
-        response = await gateway.forwarder.forward(request, ctx, runtime)
+        with trace.span("mixroute.forward"):
+            response = await gateway.forwarder.forward(request, ctx, runtime)
     await store_answer(plan)
     await _scan_output(ctx, gateway, response)
     return response
@@ -227,7 +245,9 @@ async def _route_semantically(
 ) -> None:
     router = runtime.router
     assert router is not None
-    outcome = await router.decide(kind, ctx.path, ctx.body, runtime.has_available_endpoint)
+    outcome = await router.decide(
+        kind, ctx.path, ctx.body, runtime.has_available_endpoint, ctx.trace
+    )
     if outcome.model is None:
         raise bad_request(
             f"No route matched and routing.default_model is not set for `{ctx.requested_model}`.",

@@ -24,6 +24,7 @@ from mixroute.config.schema import PricingConfig
 from mixroute.context import RequestContext
 from mixroute.errors import GatewayError, no_healthy_endpoint, sse_error_event, upstream_error
 from mixroute.observability.metrics import Metrics
+from mixroute.observability.tracing import SpanHandle
 from mixroute.proxy.disagg import run_prefill, split_roles
 from mixroute.proxy.rewrite import SSEModelRewriter, rewrite_json_model
 from mixroute.proxy.usage import StreamUsageWatcher, account_answer, account_stream, usage_from_json
@@ -117,7 +118,12 @@ class Forwarder:
             candidates = [e for e in endpoints if e.name not in tried and e.is_available(now)]
             if not candidates:
                 break
-            endpoint = policy.pick(candidates, ctx)
+            with ctx.trace.span("mixroute.balancer") as span:
+                endpoint = policy.pick(candidates, ctx)
+                if span.is_recording():
+                    span.set_attribute("mixroute.policy", policy.name)
+                    span.set_attribute("mixroute.endpoint", endpoint.name)
+                    span.set_attribute("mixroute.candidates", len(candidates))
             tried.add(endpoint.name)
             self._metrics.balancer_picks.labels(policy.name, endpoint.name).inc()
             if ctx.balancer_scores is not None:
@@ -125,7 +131,10 @@ class Forwarder:
             if attempt:
                 self._metrics.retries.labels(ctx.model).inc()
                 await asyncio.sleep(retry.backoff_s * 2 ** (attempt - 1))
-            result = await self._attempt(request, ctx, endpoint, runtime, attempt + 1)
+            with ctx.trace.span("mixroute.upstream", client=True) as span:
+                result = await self._attempt(request, ctx, endpoint, runtime, attempt + 1)
+                if span.is_recording():
+                    _describe_attempt(span, endpoint, attempt + 1, result)
             if not isinstance(result, FailedAttempt):
                 return result
             failure = result
@@ -187,6 +196,7 @@ class Forwarder:
             self._metrics.upstream_first_byte.labels(endpoint.name).observe(
                 time.monotonic() - started
             )
+            ctx.trace.first_byte()
             ctx.response_headers[h.ENDPOINT] = endpoint.name
             if attempt > 1:
                 ctx.response_headers[h.ATTEMPTS] = str(attempt)
@@ -328,6 +338,21 @@ class Forwarder:
         return response
 
 
+def _describe_attempt(
+    span: SpanHandle, endpoint: Endpoint, attempt: int, result: web.StreamResponse | FailedAttempt
+) -> None:
+    span.set_attribute("mixroute.endpoint", endpoint.name)
+    span.set_attribute("mixroute.attempt", attempt)
+    if isinstance(result, FailedAttempt):
+        if result.error is not None:
+            span.set_attribute("http.response.status_code", result.error.status)
+            span.set_attribute("error.type", result.error.code or result.error.error_type)
+        else:
+            span.set_attribute("http.response.status_code", result.status)
+    else:
+        span.set_attribute("http.response.status_code", result.status)
+
+
 async def _end_cut_stream(response: web.StreamResponse) -> None:
     """Tell a stream's client that shutdown cut it, then end the stream properly."""
     with contextlib.suppress(*_CLIENT_GONE, TimeoutError):
@@ -380,6 +405,7 @@ def _upstream_headers(
     elif auth.mode == "drop":
         _drop_authorization(out)
     out[h.REQUEST_ID] = ctx.request_id
+    ctx.trace.inject(out)  # W3C traceparent when traced; the client's passes through if not
     if ctx.body_changed or endpoint.config.upstream_model != ctx.requested_model:
         out["Content-Type"] = "application/json"
     return out

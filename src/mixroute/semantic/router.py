@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mixroute.config.schema import MixrouteConfig, RouteConfig
+from mixroute.observability.tracing import NO_TRACE, RequestTrace
 from mixroute.semantic.decision import choose_model, matching_routes
 from mixroute.semantic.embedding import EmbeddingEngine, Vector
 from mixroute.semantic.heads import LinearHead
@@ -85,33 +86,49 @@ class SemanticRouter:
         return cls(config, engine, domain, embeddings, categories)
 
     async def signals_for_text(
-        self, text: str, all_text: str | None = None
+        self, text: str, all_text: str | None = None, trace: RequestTrace = NO_TRACE
     ) -> tuple[SignalResults, Vector]:
-        vector = await self.engine.embed(text)
-        category, confidence, probabilities, over = self.domain.evaluate(vector)
-        tokenizer_count = self.engine.model.count_tokens
-        tokens = tokenizer_count(all_text) if all_text is not None else tokenizer_count(text)
+        with trace.span("mixroute.signal.embedding"):
+            vector = await self.engine.embed(text)
+        with trace.span("mixroute.signal.domain") as span:
+            category, confidence, probabilities, over = self.domain.evaluate(vector)
+            span.set_attribute("mixroute.category", category)
+        with trace.span("mixroute.signal.keywords") as span:
+            keywords = {k.name: k.matches(text) for k in self._keywords}
+            span.set_attribute("mixroute.matched", [n for n, hit in keywords.items() if hit])
+        with trace.span("mixroute.signal.context") as span:
+            tokenizer_count = self.engine.model.count_tokens
+            tokens = tokenizer_count(all_text) if all_text is not None else tokenizer_count(text)
+            contexts = {c.name: c.matches(tokens) for c in self._contexts}
+            span.set_attribute("mixroute.prompt_tokens", tokens)
         results = SignalResults(
             category=category,
             confidence=confidence,
             probabilities=probabilities,
             domains=over,
-            keywords={k.name: k.matches(text) for k in self._keywords},
+            keywords=keywords,
             prompt_tokens=tokens,
+            contexts=contexts,
         )
-        for signal in self._embeddings:
-            value = signal.similarity(vector)
-            if value >= signal.threshold:
-                results.embeddings[signal.name] = value
-        for signal in self._categories:
-            value = signal.similarity(vector)
-            if value >= signal.threshold:
-                results.categories[signal.name] = value
-        results.contexts = {c.name: c.matches(tokens) for c in self._contexts}
+        with trace.span("mixroute.signal.similarity") as span:
+            for signal in self._embeddings:
+                value = signal.similarity(vector)
+                if value >= signal.threshold:
+                    results.embeddings[signal.name] = value
+            for signal in self._categories:
+                value = signal.similarity(vector)
+                if value >= signal.threshold:
+                    results.categories[signal.name] = value
+            span.set_attribute("mixroute.matched", [*results.embeddings, *results.categories])
         return results, vector
 
     async def decide(
-        self, kind: str, path: str, body: dict[str, Any], is_available: Callable[[str], bool]
+        self,
+        kind: str,
+        path: str,
+        body: dict[str, Any],
+        is_available: Callable[[str], bool],
+        trace: RequestTrace = NO_TRACE,
     ) -> RoutingOutcome:
         started = time.perf_counter()
         conversation = extract_conversation(kind, path, body)
@@ -121,7 +138,7 @@ class SemanticRouter:
             self._conversation.followup_max_tokens,
             self.engine.model.count_tokens,
         )
-        signals, vector = await self.signals_for_text(text, conversation.all_text())
+        signals, vector = await self.signals_for_text(text, conversation.all_text(), trace)
         needed = signals.prompt_tokens + _requested_output(body)
         outcome = RoutingOutcome(
             model=None,
