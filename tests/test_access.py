@@ -137,14 +137,10 @@ async def test_tokens_per_minute_charge_the_completion_after_it_ends(gw: Running
     assert first.usage.completion_tokens == 40
     # Only the prompt estimate is charged up front, so this one still goes ...
     stream = await api.chat.completions.create(
-        model="alpha",
-        messages=[{"role": "user", "content": "hi"}],
-        max_tokens=60,
-        stream=True,
-        stream_options={"include_usage": True},
+        model="alpha", messages=[{"role": "user", "content": "hi"}], max_tokens=60, stream=True
     )
-    pieces = [chunk async for chunk in stream]  # the usage chunk is charged at the end
-    assert pieces[-1].usage is not None and pieces[-1].usage.completion_tokens == 60
+    pieces = [chunk async for chunk in stream]  # no usage chunk: text events are counted
+    assert len(pieces) >= 60
     # ... and now 40 + 60 completion tokens and two prompts are more than 100 per minute.
     with pytest.raises(openai.RateLimitError) as info:
         await chat(api)

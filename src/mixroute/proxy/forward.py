@@ -27,7 +27,12 @@ from mixroute.observability.metrics import Metrics
 from mixroute.observability.tracing import SpanHandle
 from mixroute.proxy.disagg import run_prefill, split_roles
 from mixroute.proxy.rewrite import SSEModelRewriter, rewrite_json_model
-from mixroute.proxy.usage import StreamUsageWatcher, account_answer, account_stream, usage_from_json
+from mixroute.proxy.usage import (
+    StreamUsageWatcher,
+    account_answer,
+    account_stream,
+    usage_from_json,
+)
 from mixroute.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -314,8 +319,6 @@ class Forwarder:
                             await response.write(rest)
                         ctx.tap.on_stream_end(complete=True)
                     endpoint.record_success()
-                    if ctx.on_usage is not None and watcher.usage:
-                        ctx.on_usage(watcher.usage)
                     break
                 watcher.feed(chunk, time.monotonic())
                 if rewriter is not None:
@@ -334,6 +337,8 @@ class Forwarder:
             await _end_cut_stream(response)
             ctx.error_code = "gateway_shutting_down"
         account_stream(self._metrics, ctx.model, _route(ctx), pricing, watcher, ctx.started)
+        if ctx.on_usage is not None:  # no usage chunk: one token per streamed text event
+            ctx.on_usage(watcher.usage or {"completion_tokens": watcher.text_events})
         self._finished(ctx, endpoint, upstream.status)
         return response
 
