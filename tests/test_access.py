@@ -346,3 +346,24 @@ async def test_anonymous_clients_when_allowed(
     # The refused request never got as far as a tenant (it is refused before the body).
     tenants = [r.tenant for r in gw.gateway.recorder.feed.recent()]
     assert tenants == ["anonymous", None, "team-a"]
+
+
+def test_keys_cli_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    from mixroute.cli import main
+
+    assert main(["keys", "new"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    key = lines[0].removeprefix("key:").strip()
+    digest = lines[1].removeprefix("hash:").strip()
+    assert key.startswith("mr-") and len(key) > 40
+    assert digest == hash_key(key)
+    assert main(["keys", "hash", "--key", key]) == 0
+    assert capsys.readouterr().out.strip() == digest
+    # What the CLI prints is what a config accepts.
+    config = validate_config(
+        {
+            "endpoints": [{"name": "a-0", "url": "http://127.0.0.1:1", "model": "alpha"}],
+            "access": {"enabled": True, "keys": [{"name": "k", "hash": digest}]},
+        }
+    )
+    assert config.access.keys[0].hash == digest
