@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from mixroute import headers as h
-from mixroute.api import classify, openai, ops
+from mixroute.api import classify, openai, ops, spec
 from mixroute.api.keys import GATEWAY
 from mixroute.dashboard import add_dashboard_routes
 from mixroute.errors import GatewayError
@@ -111,6 +111,7 @@ def build_app(gateway: Gateway) -> web.Application:
     router.add_get("/health", ops.health)
     router.add_get("/ready", ops.ready)
     router.add_get("/metrics", ops.metrics)
+    router.add_get("/openapi.json", spec.openapi)
     router.add_get("/api/v1/endpoints", ops.endpoints)
     router.add_post("/api/v1/classify/intent", classify.classify_intent)
     router.add_post("/api/v1/classify/batch", classify.classify_batch)

@@ -19,6 +19,12 @@ _MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1
 
 REQUIRED_FIELD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
 
+# orjson reads 1024 levels of nesting but writes only 254, and the gateway writes bodies
+# back out (a routed request, the route dry run's answer, cache entries): a body it could
+# read but not write would fail after routing as a 500. Real requests (JSON schemas in
+# tools and response_format included) stay far below this.
+MAX_NESTING = 128
+
 
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
     length = request.content_length
@@ -49,8 +55,25 @@ def parse_json_body(raw: bytes, kind: str) -> dict[str, Any]:
         ) from exc
     if not isinstance(body, dict):
         raise bad_request(f"The request body must be a JSON object, not {type(body).__name__}.")
+    # Fewer opening brackets than the limit cannot nest deeper than it: skips the walk for
+    # nearly every real body at the cost of one C-speed count.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _deeper_than(body, MAX_NESTING):
+        raise bad_request(
+            f"The request body nests deeper than {MAX_NESTING} levels.", code="invalid_json"
+        )
     check_body(body, kind)
     return body
+
+
+def _deeper_than(value: dict[str, Any], limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def check_body(body: dict[str, Any], kind: str) -> None:
@@ -67,6 +90,12 @@ def check_body(body: dict[str, Any], kind: str) -> None:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise bad_request("`stream` must be true or false.", param="stream")
+    # Routes merge their reasoning switch into this object (semantic/mutate.py).
+    template_kwargs = body.get("chat_template_kwargs")
+    if template_kwargs is not None and not isinstance(template_kwargs, dict):
+        raise bad_request(
+            "`chat_template_kwargs` must be an object.", param="chat_template_kwargs"
+        )
     field = REQUIRED_FIELD.get(kind)
     if field is not None and field not in body:
         raise bad_request(f"`{field}` is required.", param=field, code="missing_field")

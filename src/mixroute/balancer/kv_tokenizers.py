@@ -149,7 +149,11 @@ def _prompt_chars(body: Mapping[str, Any]) -> int:
             if isinstance(content, str):
                 total += len(content)
             elif isinstance(content, list):
-                total += sum(len(p.get("text", "")) for p in content if isinstance(p, Mapping))
+                total += sum(
+                    len(text)
+                    for p in content
+                    if isinstance(p, Mapping) and isinstance(text := p.get("text"), str)
+                )
         return total
     prompt = body.get("prompt")
     return len(prompt) if isinstance(prompt, str) else 0

@@ -30,7 +30,7 @@ def render_prompt(body: dict[str, Any]) -> str:
                 continue
             content = message.get("content")
             if isinstance(content, list):
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                content = "".join(_part_text(p) for p in content)
             parts.append(f"<{message.get('role')}>{content if isinstance(content, str) else ''}")
         return "\n".join(parts)
     prompt = body.get("prompt")
@@ -39,6 +39,12 @@ def render_prompt(body: dict[str, Any]) -> str:
     if isinstance(prompt, list):
         return "\n".join(p for p in prompt if isinstance(p, str))
     return ""
+
+
+def _part_text(part: Any) -> str:
+    """A content part's text; parts the upstream will reject (``"text": 5``) count as none."""
+    text = part.get("text") if isinstance(part, dict) else None
+    return text if isinstance(text, str) else ""
 
 
 def chunk_hashes(text: str, block_chars: int, max_blocks: int) -> list[bytes]:

@@ -314,7 +314,7 @@ class PIIDetector:
             found.extend(self._names(text, found))
         return merge_overlapping(found)
 
-    def detect_messages(self, messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, PIIEntity]]:
+    def detect_messages(self, messages: Sequence[Any]) -> list[tuple[int, PIIEntity]]:
         """PII in every message of an OpenAI chat request, with each message's index.
 
         Every role is scanned (system, user, assistant, tool). Offsets refer to
@@ -325,6 +325,8 @@ class PIIDetector:
         """
         found: list[tuple[int, PIIEntity]] = []
         for index, message in enumerate(messages):
+            if not isinstance(message, Mapping):  # any body's `messages` reaches the guards
+                continue
             for offset, part in text_parts(message.get("content")):
                 for entity in self.detect(part):
                     found.append(

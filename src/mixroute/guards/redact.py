@@ -82,9 +82,9 @@ class Redactor:
 
     def mask_messages(
         self,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[Any],
         found: Sequence[tuple[int, PIIEntity]],
-    ) -> list[dict[str, Any]]:
+    ) -> list[Any]:
         """A new messages list with the spans from ``PIIDetector.detect_messages`` masked.
 
         Works for string content and for lists of content parts (offsets refer to the
@@ -94,8 +94,11 @@ class Redactor:
         by_message: dict[int, list[PIIEntity]] = {}
         for index, entity in found:
             by_message.setdefault(index, []).append(entity)
-        masked: list[dict[str, Any]] = []
+        masked: list[Any] = []
         for index, message in enumerate(messages):
+            if not isinstance(message, Mapping):  # not a message: nothing was found in it
+                masked.append(message)
+                continue
             copy = dict(message)
             entities = by_message.get(index)
             if entities:

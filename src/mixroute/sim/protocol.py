@@ -288,6 +288,11 @@ def parse_embedding(body: dict[str, Any], default_dim: int) -> EmbeddingRequest:
     if encoding not in ("float", "base64"):
         raise bad_request("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
     dimensions = _optional_int(body, "dimensions") or default_dim
+    if dimensions > default_dim:  # vLLM cannot widen a model's embedding either
+        raise bad_request(
+            f"'dimensions' must be at most the model's {default_dim}, got {dimensions}.",
+            "dimensions",
+        )
     return EmbeddingRequest(inputs, encoding == "base64", dimensions)
 
 

@@ -152,6 +152,8 @@ def _render_content(content: Any) -> str:
         if not isinstance(part, dict):
             raise TemplateError("each content part must be an object")
         part_type = part.get("type")
+        if part_type is not None and not isinstance(part_type, str):  # vLLM: a 400
+            raise TemplateError("a content part's 'type' must be a string")
         if part_type in _TEXT_PART_TYPES:
             text = part.get("text")
             if not isinstance(text, str):
