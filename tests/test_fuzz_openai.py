@@ -510,6 +510,44 @@ def test_embeddings(guarded: ThreadedGateway, http: httpx.Client, body: Any) -> 
     assert_sane(response, streaming=False, chat=False)
 
 
+@st.composite
+def routed_passthrough_bodies(draw: st.DrawFn) -> tuple[str, Any]:
+    """The Responses API and Anthropic's Messages API: proxied, but MoM routes them on
+    their own text fields (``input``/``instructions``, ``messages``/``system``)."""
+    path = draw(st.sampled_from(["/v1/responses", "/v1/messages"]))
+    body: dict[str, Any] = {"model": draw(models)}
+    if path == "/v1/responses":
+        body["input"] = draw(st.one_of(texts, st.lists(message, max_size=3), junk))
+        if draw(st.booleans()):
+            body["instructions"] = draw(st.one_of(texts, junk))
+    else:
+        body["messages"] = draw(st.one_of(st.lists(message, min_size=1, max_size=3), junk))
+        body["max_tokens"] = draw(st.integers(1, 32))
+        if draw(st.booleans()):
+            body["system"] = draw(
+                st.one_of(
+                    texts,
+                    st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts})),
+                    junk,
+                )
+            )
+    if draw(st.integers(0, 3)) == 0:
+        body["stream"] = True
+    if draw(st.booleans()):
+        body = draw(broken_objects(st.just(body)))
+    return path, body
+
+
+@LIVE
+@given(case=routed_passthrough_bodies())
+def test_routed_passthrough_paths(
+    guarded: ThreadedGateway, http: httpx.Client, case: tuple[str, Any]
+) -> None:
+    path, body = case
+    response = post(http, guarded.url + path, _encode(body))
+    assert_sane(response, streaming=True, chat=False)
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status"),
     [

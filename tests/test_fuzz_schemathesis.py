@@ -107,8 +107,9 @@ def test_spec_is_served_and_matches_the_source(gateway: ThreadedGateway) -> None
     served = httpx.get(gateway.url + "/openapi.json").json()
     assert served == schemathesis.openapi.from_path(str(SPEC)).raw_schema
     for path, operations in served["paths"].items():
+        concrete = path.replace("{asset}", "app.js")
         for method in operations:
-            response = httpx.request(method.upper(), gateway.url + path, content=b"{}")
+            response = httpx.request(method.upper(), gateway.url + concrete, content=b"{}")
             assert response.status_code not in {404, 405}, (method, path, response.text)
 
 
