@@ -69,8 +69,11 @@ def start_demo_sims() -> SimPool:
 
 def fuzz_config(pool: SimPool, **changes: Any) -> dict[str, Any]:
     """The demo config (MoM routes, tool selection, PII and jailbreak guards, the cache)
-    with ``changes`` merged over its top-level sections."""
+    without access control, with ``changes`` merged over its top-level sections."""
     data = demo_config(pool.sims)  # type: ignore[arg-type]
+    # Access control off (the default): the demo's keys and anonymous limits are the access
+    # suite's subject; here a rate limit would only hide what the fuzzers look for.
+    data.pop("access", None)
     # Generous probe timeout: the fuzz suites share two cores with whatever else runs.
     data["balancer"]["health"].update(interval_s=0.5, timeout_s=5.0)
     data.update(changes)
