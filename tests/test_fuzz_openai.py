@@ -737,3 +737,44 @@ def test_accepted_chat_bodies_survive_the_route_mutations(body: Any) -> None:
     for family in ("qwen3", "deepseek", "gpt-oss", None):
         apply_reasoning(checked, family, ReasoningConfig(enabled=True, effort="high"))
     orjson.dumps(checked)
+
+
+@IN_PROCESS
+@given(
+    kind=st.sampled_from(["chat", "completions", "embeddings", "other"]),
+    body=st.one_of(_any_body(), routed_passthrough_bodies().map(lambda case: case[1])),
+)
+def test_every_body_reader_takes_any_accepted_body(kind: str, body: Any) -> None:
+    """Besides the router, several parts of the gateway read the client's body before any
+    upstream judges it: the cache key, prompt-prefix and KV-aware balancing, access
+    control's token estimate, the request log. None may raise on a body the parser let in
+    (a raise there is a 500)."""
+    from mixroute.access.service import estimate_prompt_tokens
+    from mixroute.balancer.kv_tokenizers import SimTokenizer, _prompt_chars, request_token_ids
+    from mixroute.balancer.prefix import render_prompt
+    from mixroute.cache.key import cache_request
+    from mixroute.config.schema import CacheConfig
+    from mixroute.observability.logs import last_user_text
+
+    raw = _encode(body)
+    try:
+        checked = parse_json_body(raw, kind)
+    except GatewayError:
+        return
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"):
+        extract_conversation(kind, path, checked)
+    for text in ("", "question"):
+        cache_request(
+            checked,
+            model="m",
+            route="r",
+            tenant=None,
+            settings=CacheConfig(enabled=True),
+            allow_sampled=True,
+            text=text,
+        )
+    render_prompt(checked)
+    _prompt_chars(checked)
+    request_token_ids(SimTokenizer(), checked)
+    estimate_prompt_tokens(checked, raw)
+    last_user_text(checked)
