@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from helpers import RunningGateway, SimPool, start_gateway
 from mixroute.config.loader import validate_config
 from mixroute.demo import DEMO_MODELS, demo_config
+from mixroute.gateway import Gateway
+
+T = TypeVar("T")
 
 
 class ThreadedGateway:
@@ -32,6 +35,15 @@ class ThreadedGateway:
     def url(self) -> str:
         assert self._running is not None, "the gateway is not started"
         return self._running.url
+
+    @property
+    def gateway(self) -> Gateway:
+        assert self._running is not None, "the gateway is not started"
+        return self._running.gateway
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run ``coroutine`` on the gateway's loop (its state is not thread-safe) and wait."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     def start(self) -> ThreadedGateway:
         self._thread.start()

@@ -548,6 +548,46 @@ def test_routed_passthrough_paths(
     assert_sane(response, streaming=True, chat=False)
 
 
+@LIVE
+@given(
+    path=st.sampled_from(
+        [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/responses",
+            "/v1/messages",
+        ]
+    ),
+    raw=st.one_of(
+        chat_bodies().map(_encode),
+        broken_objects(chat_bodies()).map(_encode),
+        completion_bodies().map(_encode),
+        raw_payloads(chat_bodies()),
+    ),
+    debug=st.booleans(),
+)
+def test_extproc_pipeline(guarded: ThreadedGateway, path: str, raw: bytes, debug: bool) -> None:
+    """The Envoy layout's decision path (``RequestPipeline``, what the ext_proc server runs
+    per request) on the same bodies, in process: a forward or a reply below 500, never an
+    exception (which the ext_proc server could only turn into a 500 at Envoy)."""
+    from mixroute.extproc.pipeline import Forward, RequestPipeline, kind_for
+
+    kind = kind_for(path)
+    assert kind is not None
+    pipeline = RequestPipeline(guarded.gateway, set_destination=True)
+    headers = {"content-type": "application/json", **({"x-mixroute-debug": "1"} if debug else {})}
+    outcome = guarded.call(pipeline.run(kind, path, headers, raw))
+    if isinstance(outcome, Forward):
+        if outcome.body is not None:
+            assert isinstance(orjson.loads(outcome.body), dict)
+        return
+    assert outcome.status < 500, (outcome.status, outcome.body[:300])
+    if outcome.status >= 400:
+        error = orjson.loads(outcome.body)["error"]
+        assert isinstance(error["message"], str) and "code" in error
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status"),
     [
