@@ -55,6 +55,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from presidio_analyzer import RecognizerResult
+from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
 from mixroute.guards.entities import PIIEntity, text_parts
 from mixroute.guards.pii_engines import (
@@ -255,14 +256,22 @@ class PIIDetector:
         if self._ner_engine is None:
             return []
         self.ner_calls += 1
-        artifacts = self._ner_engine.nlp_engine.process_text(text, LANGUAGE)
-        results: list[RecognizerResult] = self._ner_engine.analyze(
-            text=text,
-            language=LANGUAGE,
-            entities=list(NER_LABELS),
-            nlp_artifacts=artifacts,
-            score_threshold=0.0,
-        )
+        nlp_engine = self._ner_engine.nlp_engine
+        assert isinstance(nlp_engine, SpacyNlpEngine)
+        # spaCy keeps every new string and tokenization it meets for the life of the
+        # pipeline: ids, numbers and addresses in prompts grew the heap by about 0.7 KB per
+        # call, without bound (bench/soak.py). A memory zone frees them when it ends; only
+        # offsets, labels and scores (plain Python values) leave it. Zones must not nest
+        # or overlap: every call runs on the guard service's one PII thread.
+        with nlp_engine.get_nlp(LANGUAGE).memory_zone():
+            artifacts = nlp_engine.process_text(text, LANGUAGE)
+            results: list[RecognizerResult] = self._ner_engine.analyze(
+                text=text,
+                language=LANGUAGE,
+                entities=list(NER_LABELS),
+                nlp_artifacts=artifacts,
+                score_threshold=0.0,
+            )
         candidates: list[Candidate] = []
         for result in results:
             for start, end in clean_span(text, result.start, result.end):
