@@ -85,3 +85,4 @@ bench: install-test
 	$(BIN)/python bench/routing.py
 	$(BIN)/python bench/semantic.py
 	$(BIN)/python bench/cache_lookup.py
+	$(BIN)/python bench/soak.py
