@@ -79,7 +79,8 @@ lint: install-test
 clean:
 	rm -rf $(VENV) $(LLAMA_VENV) $(BENCH_VENV) build src/*.egg-info
 
-# Every benchmark, side by side with the peers (about 30 minutes); results in docs/benchmarks.md.
+# Every benchmark, side by side with the peers (about 40 minutes with the 5-minute soak);
+# results in docs/benchmarks.md and docs/reliability.md.
 bench: install-test
 	$(BIN)/python bench/passthrough.py
 	$(BIN)/python bench/routing.py

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from aiohttp import web
 
@@ -219,3 +220,20 @@ def start_gateway_process(config_path: Path, log_path: Path) -> tuple[subprocess
         time.sleep(0.05)
     process.kill()
     raise TimeoutError(f"gateway did not listen within 90s:\n{log_path.read_text()[-3000:]}")
+
+
+def sse_data(text: str) -> list[str]:
+    """The ``data:`` payloads of an SSE body, in order ([DONE] included)."""
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+def content_tokens(events: list[str]) -> int:
+    """Chunks that carried answer text (one per token for the simulator)."""
+    count = 0
+    for data in events:
+        if data == "[DONE]":
+            continue
+        choices = orjson.loads(data).get("choices") or []
+        if choices and choices[0].get("delta", {}).get("content"):
+            count += 1
+    return count

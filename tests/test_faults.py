@@ -24,7 +24,14 @@ import openai
 import orjson
 import pytest
 
-from helpers import RunningGateway, SimPool, config_for, start_gateway
+from helpers import (
+    RunningGateway,
+    SimPool,
+    config_for,
+    content_tokens,
+    sse_data,
+    start_gateway,
+)
 from mixroute.sim import SimServer, SimSettings
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,21 +68,6 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], limit_s: float = 10
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
-
-
-def sse_data(text: str) -> list[str]:
-    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
-
-
-def content_tokens(events: list[str]) -> int:
-    count = 0
-    for data in events:
-        if data == "[DONE]":
-            continue
-        choices = orjson.loads(data).get("choices") or []
-        if choices and choices[0].get("delta", {}).get("content"):
-            count += 1
-    return count
 
 
 class Outcome:

@@ -29,8 +29,10 @@ from helpers import (
     Sim,
     SimPool,
     config_for,
+    content_tokens,
     endpoint,
     free_port,
+    sse_data,
     start_gateway,
     start_gateway_process,
     wait_for_status,
@@ -90,21 +92,6 @@ async def wait_refused(url: str, limit_s: float = 3.0) -> float:
     return time.monotonic() - started
 
 
-def sse_events(text: str) -> list[str]:
-    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
-
-
-def content_tokens(events: list[str]) -> int:
-    count = 0
-    for data in events:
-        if data == "[DONE]":
-            continue
-        choices = orjson.loads(data).get("choices") or []
-        if choices and choices[0].get("delta", {}).get("content"):
-            count += 1
-    return count
-
-
 @contextlib.asynccontextmanager
 async def open_stream(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any]
@@ -153,7 +140,7 @@ async def test_sigterm_drains_streams_refuses_new_connections(
         assert idle.recv(1) == b"", "an idle keep-alive connection should be closed at once"
         idle.close()
         rest = (await asyncio.wait_for(stream.read(), drain_s)).decode()
-    events = sse_events(rest)
+    events = sse_data(rest)
     assert events[-1] == "[DONE]"
     assert not any('"error"' in e for e in events)
     assert content_tokens(events) == tokens  # every token (only the role chunk came before)
@@ -188,7 +175,7 @@ async def test_past_drain_time_streams_are_cut_cleanly_and_process_exits(
         assert response.status == 503
         assert (await response.json())["error"]["code"] == "gateway_shutting_down"
         response.release()
-    events = sse_events(rest)
+    events = sse_data(rest)
     assert events[-1] == "[DONE]"
     error = orjson.loads(events[-2])["error"]
     assert error["code"] == "gateway_shutting_down"
@@ -215,7 +202,7 @@ async def test_second_signal_cuts_at_once(
         process.send_signal(signal.SIGINT)  # the impatient operator's second Ctrl-C
         signalled = time.monotonic()
         rest = (await asyncio.wait_for(stream.read(), 10)).decode()
-    events = sse_events(rest)
+    events = sse_data(rest)
     assert events[-1] == "[DONE]"
     assert orjson.loads(events[-2])["error"]["code"] == "gateway_shutting_down"
     assert await asyncio.to_thread(process.wait, 10) == 0
@@ -250,7 +237,7 @@ async def test_workers_drain_on_sigterm(
         signalled = time.monotonic()
         assert await wait_refused(url) < 1.0  # both workers closed their listeners
         rest = (await asyncio.wait_for(stream.read(), drain_s)).decode()
-    events = sse_events(rest)
+    events = sse_data(rest)
     assert events[-1] == "[DONE]"
     assert content_tokens(events) == tokens
     assert await asyncio.to_thread(process.wait, drain_s) == 0
@@ -301,7 +288,7 @@ async def test_stream_in_flight_survives_reload_that_removes_its_endpoint(
         ) as response:
             assert response.headers["x-mixroute-endpoint"] == "alpha-1"
             reference = (await response.json())["choices"][0]["message"]["content"]
-    events = sse_events(rest)
+    events = sse_data(rest)
     assert events[-1] == "[DONE]"
     text = "".join(
         (orjson.loads(e)["choices"] or [{}])[0].get("delta", {}).get("content") or ""
