@@ -7,11 +7,17 @@ docs/metrics.md lists each metric; keep the two in step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 # Time per output token: a decode step is milliseconds to a few hundred milliseconds.
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
+# Label sets are bounded by the config; this only guards against a bug that makes them not.
+MAX_REMEMBERED_CHILDREN = 10_000
 
 
 class Metrics:
@@ -221,5 +227,30 @@ class Metrics:
             registry=r,
         )
 
+        for value in vars(self).values():
+            if isinstance(value, MetricWrapperBase) and value._labelnames:
+                remember_children(value)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def remember_children(metric: MetricWrapperBase) -> None:
+    """Make ``metric.labels(...)`` a dict lookup after the first call per label set.
+
+    prometheus_client validates, stringifies and takes a lock on every ``labels()`` call
+    (0.7 us here); the hot path makes about ten per request, always from the same bounded
+    label sets, and the profile showed them at 5% of the gateway's CPU.
+    """
+    children: dict[tuple[str, ...], Any] = {}
+    find: Callable[..., Any] = metric.labels
+
+    def labels(*values: str) -> Any:
+        child = children.get(values)
+        if child is None:
+            child = find(*values)
+            if len(children) < MAX_REMEMBERED_CHILDREN:
+                children[values] = child
+        return child
+
+    setattr(metric, "labels", labels)  # noqa: B010 (an instance attribute over the method)

@@ -165,9 +165,8 @@ class Forwarder:
         in_flight = self._metrics.in_flight.labels(endpoint.name)
         in_flight.inc()
         upstream: aiohttp.ClientResponse | None = None
-        task = asyncio.current_task()
-        if task is not None:
-            self._active.add(task)
+        task = request.task  # the handler's task (asyncio.current_task() costs a getpid here)
+        self._active.add(task)
         try:
             try:
                 async with asyncio.timeout(timeouts.first_byte_s):
@@ -258,8 +257,7 @@ class Forwarder:
                 code="gateway_shutting_down",
             ).response(ctx.response_headers)
         finally:
-            if task is not None:
-                self._active.discard(task)
+            self._active.discard(task)
             if upstream is not None:
                 if upstream.content.is_eof():
                     upstream.release()
