@@ -185,6 +185,11 @@ async def test_every_stage_is_a_span_under_one_root(
     assert first_byte.end_time is not None and upstream.end_time is not None
     assert first_byte.end_time <= upstream.end_time
     assert not any(name.startswith("mixroute.signal.") for name in spans)  # explicit model
+    # The request log and the dashboard's feed carry the trace id, to find the trace.
+    assert root.context is not None
+    record = gw.gateway.recorder.feed.recent()[-1]
+    assert record.request_id == headers["x-request-id"]
+    assert record.trace_id == f"{root.context.trace_id:032x}"
 
 
 async def test_upstream_gets_the_trace_and_a_client_trace_is_continued(

@@ -32,6 +32,7 @@ class RequestRecord:
     guard: str | None = None  # what a guard did (blocked:..., pii: ..., flagged:...)
     error: str | None = None  # the OpenAI error code when the request failed
     tenant: str | None = None
+    trace_id: str | None = None  # when the request was traced and sampled
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -60,6 +60,8 @@ class RequestLogger:
             "stream": record.stream,
             "tenant": record.tenant,
         }
+        if record.trace_id is not None:
+            line["trace_id"] = record.trace_id
         if settings.log_prompts and ctx is not None:
             prompt = last_user_text(ctx.body)
             if prompt is not None:

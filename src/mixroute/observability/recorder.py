@@ -98,6 +98,7 @@ class RequestRecorder:
             guard=guard,
             error=code,
             tenant=ctx.tenant if ctx is not None else None,
+            trace_id=ctx.trace.trace_id if ctx is not None else None,
         )
         self.feed.add(record)
         self._count(record, ctx)

@@ -92,6 +92,11 @@ class RequestTrace:
         """A child of the current span for one stage (``client``: a call out of the process)."""
         return _NULL_SPAN
 
+    @property
+    def trace_id(self) -> str | None:
+        """The W3C trace id (32 hex digits) of a sampled trace, for the request log."""
+        return None
+
     def first_byte(self) -> None:
         """The upstream's status line and headers arrived (a span from the attempt's start)."""
 
@@ -217,6 +222,11 @@ class _LiveTrace(RequestTrace):
     def span(self, name: str, *, client: bool = False) -> AbstractContextManager[SpanHandle]:
         kind = self._otel.kind.CLIENT if client else self._otel.kind.INTERNAL
         return self._otel.tracer.start_as_current_span(name, kind=kind)
+
+    @property
+    def trace_id(self) -> str | None:
+        span_context = self._root.get_span_context()
+        return format(span_context.trace_id, "032x") if span_context.trace_flags.sampled else None
 
     def first_byte(self) -> None:
         # From the current (upstream attempt) span's start until now: time to first byte.
