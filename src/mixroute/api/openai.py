@@ -49,7 +49,7 @@ PASSTHROUGH_PATHS = (
 # Non-inference paths whose text can be classified for MoM/auto.
 ROUTED_PATHS = ("/v1/responses", "/v1/messages")
 
-_REQUEST_ID_KEY = "mixroute.request_id"
+_REQUEST_ID_KEY = web.RequestKey("mixroute.request_id", str)
 
 
 def request_id_for(request: web.Request) -> str:
