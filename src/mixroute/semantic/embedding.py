@@ -88,13 +88,13 @@ class EmbeddingModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Every batch has its own shape (texts x tokens). onnxruntime's CPU arena keeps the
-        # buffers of the largest batch seen so far and never returns them, and memory
-        # patterns are planned and kept per input shape: a gateway's RSS rose in steps for
-        # as long as bigger batches kept arriving (bench/soak.py: +2.6 to +8.6 MB/min over
-        # 5 minutes), and a loop of random batches of up to 16 texts held 640 MB with the
-        # arena against 220 MB without. malloc/free returns that memory; embedding latency
-        # did not change measurably.
+        # Every batch has its own shape (texts x tokens). Memory patterns are planned and kept
+        # per input shape, without bound: a gateway's RSS rose in steps for as long as new
+        # shapes arrived (bench/soak.py: +2.6 to +8.6 MB/min over 5 minutes). The CPU arena
+        # alone is bounded but keeps the largest batch's buffers: 160 random batches of up to
+        # 16 texts held 619 MB with it, 254 MB without. Without both, short prompts embed as
+        # fast as before; a 512-token decision takes about 10 ms more (56 ms against 46 ms,
+        # docs/benchmarks.md), the price of returning big buffers to malloc.
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
         self.session = ort.InferenceSession(
