@@ -8,7 +8,7 @@ timings only: never prompt text, answers or header values a client supplied.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -33,7 +33,6 @@ class RequestRecord:
     error: str | None = None  # the OpenAI error code when the request failed
     tenant: str | None = None
     trace_id: str | None = None  # when the request was traced and sampled
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
