@@ -154,8 +154,19 @@ async def test_scraper_reads_simulator_metrics(
         assert all(e["engine"] is not None for e in table)
         async with session.get(gw.url + "/metrics") as response:
             metrics = await response.text()
+        assert 'mixroute_endpoint_engine_kv_usage_ratio{endpoint="alpha-0"}' in metrics
+        assert "mixroute_balancer_picks_total{endpoint=" in metrics
+
+        # A replica whose stats can no longer be read loses its engine series (no stale
+        # last value) but keeps its availability series.
+        sims[1].kill()
+        await asyncio.sleep(0.8)
+        async with session.get(gw.url + "/metrics") as response:
+            metrics = await response.text()
     assert 'mixroute_endpoint_engine_kv_usage_ratio{endpoint="alpha-0"}' in metrics
-    assert "mixroute_balancer_picks_total{endpoint=" in metrics
+    assert 'mixroute_endpoint_engine_kv_usage_ratio{endpoint="alpha-1"}' not in metrics
+    assert 'mixroute_endpoint_engine_waiting{endpoint="alpha-1"}' not in metrics
+    assert 'mixroute_endpoint_available{endpoint="alpha-1",model="alpha"}' in metrics
 
 
 async def test_kv_events_route_to_the_replica_that_really_holds_the_prefix(

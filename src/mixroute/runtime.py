@@ -53,7 +53,7 @@ class Runtime:
         if self._wants_stats():
             stats = balancer.stats
             self.scraper = StatsScraper(
-                self.registry, session, metrics, stats.interval_s, stats.timeout_s, stats.path
+                self.registry, session, stats.interval_s, stats.timeout_s, stats.path
             )
         self.router: SemanticRouter | None = None
 

@@ -18,7 +18,6 @@ import aiohttp
 
 from mixroute.balancer.endpoint import Endpoint
 from mixroute.balancer.registry import EndpointRegistry
-from mixroute.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +98,12 @@ class StatsScraper:
         self,
         registry: EndpointRegistry,
         session: aiohttp.ClientSession,
-        metrics: Metrics,
         interval_s: float,
         timeout_s: float,
         path: str = "/metrics",
     ) -> None:
         self._registry = registry
         self._session = session
-        self._metrics = metrics
         self._interval_s = interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._path = path
@@ -132,19 +129,10 @@ class StatsScraper:
     async def _scrape(self, endpoint: Endpoint) -> None:
         try:
             async with self._session.get(endpoint.url + self._path, timeout=self._timeout) as r:
-                if r.status != 200:
-                    return
-                text = await r.text()
+                text = await r.text() if r.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError):
-            endpoint.state.engine = None
-            return
-        stats = parse_engine_metrics(text, endpoint.state.engine)
-        endpoint.state.engine = stats
-        if stats is not None:
-            self._metrics.endpoint_queue.labels(endpoint.name).set(stats.waiting)
-            self._metrics.endpoint_running.labels(endpoint.name).set(stats.running)
-            self._metrics.endpoint_kv_usage.labels(endpoint.name).set(stats.kv_usage)
-            if stats.prefix_hit_rate is not None:
-                self._metrics.endpoint_prefix_hit_rate.labels(endpoint.name).set(
-                    stats.prefix_hit_rate
-                )
+            text = None
+        # Unreadable stats are forgotten, not kept: the policies and /metrics read this.
+        endpoint.state.engine = (
+            parse_engine_metrics(text, endpoint.state.engine) if text is not None else None
+        )

@@ -244,6 +244,11 @@ def remember_children(metric: MetricWrapperBase) -> None:
     """
     children: dict[tuple[str, ...], Any] = {}
     find: Callable[..., Any] = metric.labels
+    clear_family: Callable[[], None] = metric.clear
+
+    def clear() -> None:
+        children.clear()
+        clear_family()
 
     def labels(*values: str) -> Any:
         child = children.get(values)
@@ -253,4 +258,5 @@ def remember_children(metric: MetricWrapperBase) -> None:
                 children[values] = child
         return child
 
-    setattr(metric, "labels", labels)  # noqa: B010 (an instance attribute over the method)
+    setattr(metric, "labels", labels)  # noqa: B010 (instance attributes over the methods)
+    setattr(metric, "clear", clear)  # noqa: B010
