@@ -117,8 +117,13 @@ async def test_model_and_route_not_allowed_is_403(gw: RunningGateway) -> None:
 
 async def test_rpm_exceeded_is_429_with_honest_retry_after(gw: RunningGateway) -> None:
     api = sdk(gw, KEY_SLOW)
-    await chat(api)
-    await chat(api)
+    first, second = await chat(api), await chat(api)
+    # OpenAI's x-ratelimit-* headers say what is left after each request.
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    assert second.headers["x-ratelimit-reset-requests"] in ("59s", "1m0s")
+    assert "x-ratelimit-limit-tokens" not in second.headers  # this key has no tpm
     with pytest.raises(openai.RateLimitError) as info:
         await chat(api)
     body = info.value.body
@@ -133,7 +138,10 @@ async def test_rpm_exceeded_is_429_with_honest_retry_after(gw: RunningGateway) -
 
 async def test_tokens_per_minute_charge_the_completion_after_it_ends(gw: RunningGateway) -> None:
     api = sdk(gw, KEY_TOKENS)
-    first = (await chat(api, max_tokens=40)).parse()
+    raw = await chat(api, max_tokens=40)
+    assert raw.headers["x-ratelimit-limit-tokens"] == "100"
+    assert 0 < int(raw.headers["x-ratelimit-remaining-tokens"]) < 100  # the prompt estimate
+    first = raw.parse()
     assert first.usage.completion_tokens == 40
     # Only the prompt estimate is charged up front, so this one still goes ...
     stream = await api.chat.completions.create(

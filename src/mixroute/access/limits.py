@@ -54,6 +54,10 @@ class TokenBucket:
     def take(self, amount: float) -> None:
         self.level -= amount
 
+    def until_full(self) -> float:
+        """Seconds until the bucket is full again (as of its last refill)."""
+        return max(0.0, self.capacity - self.level) / self.rate
+
 
 class KeyLimiter:
     """The buckets of one key (or one anonymous client address)."""
@@ -89,6 +93,17 @@ class KeyLimiter:
         bucket.take(estimate)
         return None
 
+    def headers(self) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` response headers for what is left now: limit, remaining
+        and the time until the bucket is full again (``reset``, e.g. ``1m30s``)."""
+        out: dict[str, str] = {}
+        for kind, bucket in (("requests", self.requests), ("tokens", self.tokens)):
+            if bucket is not None:
+                out[f"x-ratelimit-limit-{kind}"] = str(int(bucket.capacity))
+                out[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(bucket.level)))
+                out[f"x-ratelimit-reset-{kind}"] = _duration(bucket.until_full())
+        return out
+
     def usage_callback(self, estimate: int) -> Callable[[dict[str, Any]], None] | None:
         """What the forwarder calls when the answer's usage is known: charge the rest."""
         bucket = self.tokens
@@ -107,6 +122,13 @@ class KeyLimiter:
 
 def _whole_seconds(wait: float) -> int:
     return max(1, math.ceil(wait - 1e-9))
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's spelling of a reset time: ``0s``, ``12s``, ``1m30s``."""
+    whole = math.ceil(seconds - 1e-9)
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
 class AddressLimiters:

@@ -255,13 +255,15 @@ class AccessControl:
         headers so that they are never forwarded upstream."""
         ctx.client_key_headers = self.key_headers
         limiter = principal.limiter
-        if limiter is None or limiter.tokens is None:
+        if limiter is None:
             return
-        estimate = estimate_prompt_tokens(ctx.body, ctx.raw_body)
-        refusal = limiter.admit_tokens(estimate, time.monotonic())
-        if refusal is not None:
-            raise rate_limited(refusal.kind, refusal.limit, refusal.retry_after_s)
-        ctx.on_usage = limiter.usage_callback(estimate)
+        if limiter.tokens is not None:
+            estimate = estimate_prompt_tokens(ctx.body, ctx.raw_body)
+            refusal = limiter.admit_tokens(estimate, time.monotonic())
+            if refusal is not None:
+                raise rate_limited(refusal.kind, refusal.limit, refusal.retry_after_s)
+            ctx.on_usage = limiter.usage_callback(estimate)
+        ctx.response_headers.update(limiter.headers())
 
     def check_model(self, principal: Principal, ctx: RequestContext) -> None:
         """403 when the chosen model (or the route that chose it) is not the key's to use."""
