@@ -26,7 +26,8 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_examples_load(path: Path) -> None:
-    config = load_config_file(path, environ={"HOSTED_API_KEY": "k", "MIXROUTE_ADMIN_KEY": "a", **os.environ})
+    environ = {"HOSTED_API_KEY": "k", "MIXROUTE_ADMIN_KEY": "a", **os.environ}
+    config = load_config_file(path, environ=environ)
     assert config.endpoints
 
 

@@ -300,8 +300,11 @@ def _check_workloads(objects: list[dict[str, Any]], config_map_names: set[str]) 
             else:
                 assert args[0] == "extproc", name
                 assert int(args[args.index("--port") + 1]) == ports["grpc"], name
-                # The gRPC port opens only when the processor is ready.
-                assert container["readinessProbe"]["tcpSocket"]["port"] == "grpc", name
+                # The gRPC port opens only when the processor is ready; /ready on the
+                # --http-port turns 503 while it stops.
+                assert container["startupProbe"]["tcpSocket"]["port"] == "grpc", name
+                assert _http_probe(container, "readinessProbe") == ("/ready", "http"), name
+                assert int(args[args.index("--http-port") + 1]) == ports["http"], name
             assert args[args.index("--config") + 1] == "/etc/mixroute/config.yaml", name
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True, name

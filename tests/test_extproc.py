@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import openai
 import pytest
 import yaml
 
-from helpers import SimPool, free_port, wait_for_status
+from helpers import SimPool, free_port, http_status, wait_for_status
 from mixroute.config.loader import validate_config
 from mixroute.demo import DEMO_MODELS, demo_config
 from mixroute.extproc.envoy_config import EnvoySettings, clusters_from_config, render_bootstrap
@@ -117,10 +118,13 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
 
         python = [sys.executable, "-m"]
         grpc_demo, grpc_light, serve_port = free_port(), free_port(), free_port()
+        probes_port = free_port()
+        demo_argv = ["--config", str(demo_path), "--port", str(grpc_demo)]
         demo_proc = top.start(
-            [*python, "mixroute.extproc", "--config", str(demo_path), "--port", str(grpc_demo)],
+            [*python, "mixroute.extproc", *demo_argv, "--http-port", str(probes_port)],
             workdir / "extproc-demo.log",
         )
+        top.urls["processor-http"] = f"http://127.0.0.1:{probes_port}"
         light_argv = ["--config", str(light_path), "--port", str(grpc_light)]
         light_proc = top.start(
             [*python, "mixroute.extproc", *light_argv, "--destination-endpoint"],
@@ -215,6 +219,18 @@ def test_math_and_general_go_to_their_clusters(topology: Topology) -> None:
 
     replicas = {echo(client, f"{MATH} Case {i}.")[1]["x-sim-replica"] for i in range(4)}
     assert replicas == {"math-llm-0", "math-llm-1"}  # Envoy's round robin in the cluster
+
+
+def test_processor_serves_probes_and_metrics_over_http(topology: Topology) -> None:
+    base = topology.urls["processor-http"]
+    assert http_status(base + "/health") == 200
+    assert http_status(base + "/ready") == 200
+    echo(topology.client("direct"), f"{MATH} Probe.")
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    # The decision the processor made for that request is counted in its own registry.
+    assert 'mixroute_route_decisions_total{model="math-llm",route="math"}' in metrics
+    assert 'mixroute_endpoint_available{endpoint="math-llm-0",model="math-llm"} 1.0' in metrics
 
 
 def test_client_cannot_pick_the_cluster(topology: Topology) -> None:

@@ -26,6 +26,8 @@ from mixroute.config.loader import ConfigError, load_config_file
 from mixroute.config.schema import MixrouteConfig
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep that cheap
+    from aiohttp import web
+
     from mixroute.gateway import Gateway
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=DEFAULT_PORT, help="gRPC port (0: pick one, 1 worker)"
     )
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        help="also serve /health, /ready and /metrics over HTTP on this port (probes, "
+        "Prometheus); with --workers each process binds it with SO_REUSEPORT",
+    )
     parser.add_argument(
         "--destination-endpoint",
         action="store_true",
@@ -84,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         set_destination=args.destination_endpoint,
         reuse_port=args.workers > 1,
+        http_port=args.http_port,
     )
     if args.workers <= 1:
         _run_worker(config, args.config, options)
@@ -112,6 +121,7 @@ class ServeOptions:
     port: int
     set_destination: bool = False  # send the balancer's pick in x-gateway-destination-endpoint
     reuse_port: bool = False
+    http_port: int | None = None  # /health, /ready, /metrics
 
 
 def _write_envoy_config(args: argparse.Namespace, config: MixrouteConfig) -> None:
@@ -170,8 +180,11 @@ async def serve(
     gateway = Gateway(config, config_path)
     await gateway.start()
     server: Any = None
+    probes: web.AppRunner | None = None
     try:
         await _warm_up(gateway)
+        if options.http_port is not None:
+            probes = await _serve_probes(gateway, options)
         limit = config.server.max_body_bytes + 1024 * 1024
         server = grpc.aio.server(
             options=[
@@ -196,10 +209,33 @@ async def serve(
                 loop.add_signal_handler(signum, stop.set)
         await stop.wait()
     finally:
+        gateway.draining = True  # /ready answers 503 while the gRPC server stops
         if server is not None:
             await server.stop(grace=2.0)
+        if probes is not None:
+            await probes.cleanup()
         await gateway.stop()
         log.info("mixroute extproc stopped")
+
+
+async def _serve_probes(gateway: Gateway, options: ServeOptions) -> web.AppRunner:
+    """The same /health, /ready and /metrics handlers ``mixroute serve`` has, on their own
+    HTTP port: Envoy talks gRPC to the processor, Kubernetes and Prometheus talk HTTP."""
+    from aiohttp import web
+
+    from mixroute.api import ops
+    from mixroute.api.keys import GATEWAY
+
+    app = web.Application()
+    app[GATEWAY] = gateway
+    app.router.add_get("/health", ops.health)
+    app.router.add_get("/ready", ops.ready)
+    app.router.add_get("/metrics", ops.metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, options.http_port, reuse_port=options.reuse_port)
+    await site.start()
+    return runner
 
 
 async def _warm_up(gateway: Gateway, timeout_s: float = 30.0) -> None:
