@@ -226,9 +226,17 @@ def test_processor_serves_probes_and_metrics_over_http(topology: Topology) -> No
     assert http_status(base + "/health") == 200
     assert http_status(base + "/ready") == 200
     echo(topology.client("direct"), f"{MATH} Probe.")
-    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
-        metrics = response.read().decode()
-    # The decision the processor made for that request is counted in its own registry.
+    # The processor records a forwarded request when Envoy closes its stream, which may be
+    # a moment after the client has the answer.
+    answered = 'mixroute_requests_by_route_total{category="math",model="math-llm",route="math",'
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        if answered + 'status="2xx"}' in metrics or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert answered + 'status="2xx"}' in metrics
     assert 'mixroute_route_decisions_total{model="math-llm",route="math"}' in metrics
     assert 'mixroute_endpoint_available{endpoint="math-llm-0",model="math-llm"} 1.0' in metrics
 

@@ -27,6 +27,7 @@ from mixroute.errors import GatewayError, bad_request, no_healthy_endpoint
 from mixroute.extproc.envoy_config import host_port
 from mixroute.gateway import Gateway
 from mixroute.guards.policy import check_guards
+from mixroute.observability.recorder import CLIENT_CLOSED
 from mixroute.replies import Reply, error_reply, hit_reply, refusal_reply
 from mixroute.runtime import Runtime
 
@@ -68,11 +69,38 @@ class RequestPipeline:
         started = time.monotonic()
         runtime = self._gateway.runtime  # taken once: a reload mid-request does not apply
         request_id = _request_id(headers)
+        holder: list[RequestContext] = []  # the context, once the body is parsed
+        error = None
         try:
-            return await self._run(kind, path, headers, raw, runtime, request_id, started)
+            verdict = await self._run(
+                kind, path, headers, raw, runtime, request_id, started, holder
+            )
         except GatewayError as exc:
             self._gateway.metrics.rejected.labels(_reason(exc)).inc()
-            return error_reply(exc, {h.REQUEST_ID: request_id})
+            verdict, error = error_reply(exc, {h.REQUEST_ID: request_id}), exc.code
+        if isinstance(verdict, Reply):  # answered here: the request ends now
+            self._gateway.recorder.finish(
+                request_id=request_id,
+                path=path.split("?", 1)[0],
+                started=started,
+                ctx=holder[0] if holder else None,
+                status=verdict.status,
+                headers=verdict.headers,
+                error=error,
+            )
+        return verdict
+
+    def finish(self, forward: Forward, status: int) -> None:
+        """Record a forwarded request once Envoy has relayed its answer (``status`` 0: the
+        stream ended before the answer's headers, which the record counts as client closed)."""
+        ctx = forward.ctx
+        self._gateway.recorder.finish(
+            request_id=ctx.request_id,
+            path=ctx.path,
+            started=ctx.started,
+            ctx=ctx,
+            status=status or CLIENT_CLOSED,
+        )
 
     async def _run(
         self,
@@ -83,6 +111,7 @@ class RequestPipeline:
         runtime: Runtime,
         request_id: str,
         started: float,
+        holder: list[RequestContext],
     ) -> Forward | Reply:
         limit = runtime.config.server.max_body_bytes
         if len(raw) > limit:
@@ -106,6 +135,7 @@ class RequestPipeline:
             debug=headers.get(h.DEBUG) == "1",
             started=started,
         )
+        holder.append(ctx)
         ctx.response_headers[h.REQUEST_ID] = request_id
         if ctx.debug:
             ctx.response_headers[h.WORKER] = self._pid

@@ -104,6 +104,8 @@ class Exchange:
         "_status",
         "_streamed",
         "_tap",
+        "complete",
+        "recorded",
         "store",
     )
 
@@ -118,6 +120,8 @@ class Exchange:
         self._streamed = False
         self._length_known = False
         self.store = False  # the answer completed and is cacheable: store it now
+        self.complete = False  # the answer passed (its headers, or its body when inspected)
+        self.recorded = False
 
     # -- request ---------------------------------------------------------------------
 
@@ -209,6 +213,7 @@ class Exchange:
             response.mode_override.CopyFrom(mode)
         else:
             self._tap = None
+            self.complete = True  # the body is not inspected: the headers are the answer
         return response
 
     def on_response_body(self, message: Any, responses: Responses) -> Any:
@@ -248,8 +253,19 @@ class Exchange:
     def _finish(self, tap: ResponseTap) -> None:
         tap.on_stream_end(complete=True)
         self._tap = None
+        self.complete = True
         forward = self._forward
         self.store = forward is not None and forward.plan is not None
+
+    @property
+    def forwarded(self) -> Forward | None:
+        """The pipeline's verdict when the request went upstream."""
+        return self._forward
+
+    @property
+    def status(self) -> int:
+        """The answer's status once its headers passed (0 before)."""
+        return self._status
 
     async def store_answer(self) -> None:
         self.store = False
@@ -265,8 +281,17 @@ class ExtProcessor:
         self._responses = Responses()
 
     async def Process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-        responses = self._responses
         exchange = Exchange()
+        try:
+            async for reply in self._exchange(exchange, requests):
+                yield reply
+        finally:
+            self._record(exchange)  # a stream that ended before its answer did
+
+    async def _exchange(
+        self, exchange: Exchange, requests: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        responses = self._responses
         async for message in requests:
             phase = message.WhichOneof("request")
             if phase == "request_headers":
@@ -294,6 +319,8 @@ class ExtProcessor:
                 reply = exchange.on_response_trailers(responses)
             else:
                 reply = responses.request_trailers
+            if exchange.complete:
+                self._record(exchange)
             if exchange.store:
                 # Before the last chunk goes on: a client that asks again as soon as its answer
                 # ended must find it (a memory store takes microseconds).
@@ -302,6 +329,14 @@ class ExtProcessor:
                 except Exception:
                     log.exception("storing an answer in the cache failed")
             yield reply
+
+    def _record(self, exchange: Exchange) -> None:
+        """Record a forwarded request once: Envoy may hold the stream open well after the
+        answer, so the record is made when the answer is known to be complete."""
+        forward = exchange.forwarded
+        if forward is not None and not exchange.recorded:
+            exchange.recorded = True
+            self._pipeline.finish(forward, exchange.status)
 
     async def _decide(self, exchange: Exchange) -> Any:
         try:
