@@ -60,6 +60,23 @@ def write_config(path: Path, sims: list[Sim], **server: Any) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
+def start_draining_gateway(
+    sim_pool: SimPool,
+    processes: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    decode_ms: str,
+    drain_s: float,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """One simulator (``decode_ms`` a token) behind a ready ``mixroute serve`` process."""
+    sim = sim_pool.start("alpha", "alpha-0", "--decode-ms-per-token", decode_ms)
+    path = tmp_path / "config.yaml"
+    write_config(path, [sim], drain_s=drain_s)
+    process, url = start_gateway_process(path, tmp_path / "gateway.log")
+    processes.append(process)
+    wait_for_status(url + "/ready", 200)
+    return process, url
+
+
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Gateway processes a test starts; any still running at the end are killed."""
@@ -120,13 +137,8 @@ def idle_keepalive_socket(url: str) -> socket.socket:
 async def test_sigterm_drains_streams_refuses_new_connections(
     sim_pool: SimPool, processes: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    sim = sim_pool.start("alpha", "alpha-0", "--decode-ms-per-token", "15")
-    path = tmp_path / "config.yaml"
     drain_s = 10.0
-    write_config(path, [sim], drain_s=drain_s)
-    process, url = start_gateway_process(path, tmp_path / "gateway.log")
-    processes.append(process)
-    wait_for_status(url + "/ready", 200)
+    process, url = start_draining_gateway(sim_pool, processes, tmp_path, "15", drain_s)
     idle = idle_keepalive_socket(url)
     tokens = 120  # about 1.8 s of streaming at 15 ms a token
     async with (
@@ -154,13 +166,8 @@ async def test_sigterm_drains_streams_refuses_new_connections(
 async def test_past_drain_time_streams_are_cut_cleanly_and_process_exits(
     sim_pool: SimPool, processes: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    sim = sim_pool.start("alpha", "alpha-0", "--decode-ms-per-token", "50")
-    path = tmp_path / "config.yaml"
     drain_s = 1.0
-    write_config(path, [sim], drain_s=drain_s)
-    process, url = start_gateway_process(path, tmp_path / "gateway.log")
-    processes.append(process)
-    wait_for_status(url + "/ready", 200)
+    process, url = start_draining_gateway(sim_pool, processes, tmp_path, "50", drain_s)
     async with aiohttp.ClientSession() as session:
         # A non-streamed answer of 400 tokens takes 20 s: still waiting at the cut.
         waiting = asyncio.create_task(
@@ -190,12 +197,7 @@ async def test_past_drain_time_streams_are_cut_cleanly_and_process_exits(
 async def test_second_signal_cuts_at_once(
     sim_pool: SimPool, processes: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    sim = sim_pool.start("alpha", "alpha-0", "--decode-ms-per-token", "50")
-    path = tmp_path / "config.yaml"
-    write_config(path, [sim], drain_s=30.0)
-    process, url = start_gateway_process(path, tmp_path / "gateway.log")
-    processes.append(process)
-    wait_for_status(url + "/ready", 200)
+    process, url = start_draining_gateway(sim_pool, processes, tmp_path, "50", 30.0)
     async with aiohttp.ClientSession() as session, open_stream(session, url, chat(400)) as stream:
         process.send_signal(signal.SIGTERM)
         await wait_refused(url)
