@@ -3,10 +3,12 @@ with two gateway processes' worth of gateways sharing it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import numpy as np
 import openai
 import pytest
@@ -20,6 +22,7 @@ from helpers import (
     start_gateway_process,
     wait_for_status,
 )
+from mixroute.cache import pgvector
 from mixroute.cache.key import cache_request
 from mixroute.cache.pgvector import PgvectorCache
 from mixroute.cache.store import CachedAnswer
@@ -80,6 +83,44 @@ async def test_pgvector_exact_semantic_check_and_trim(postgres: str) -> None:
         await cache.close()
 
 
+async def test_replica_starts_while_another_writes(postgres: str) -> None:
+    """A replica starting on an existing table must not wait for the writes of others (nor
+    make them wait): the indexes it would create already exist."""
+    first = await PgvectorCache.connect(settings(postgres, "busy_cache"), dimension=4)
+    writer = await asyncpg.connect(postgres)
+    try:
+        async with writer.transaction():  # a write in flight: ROW EXCLUSIVE on the table
+            await writer.execute("DELETE FROM busy_cache WHERE id = -1")
+            second = await asyncio.wait_for(
+                PgvectorCache.connect(settings(postgres, "busy_cache"), dimension=4), 5
+            )
+            await second.close()
+    finally:
+        await writer.close()
+        await first.close()
+
+
+async def test_schema_setup_gives_up_on_a_locked_table(
+    postgres: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index is missing and the table is locked: start-up fails, naming the table, rather
+    than hanging."""
+    monkeypatch.setattr(pgvector, "SCHEMA_LOCK_TIMEOUT_S", 0.5)
+    first = await PgvectorCache.connect(settings(postgres, "locked_cache"), dimension=4)
+    await first.close()
+    holder = await asyncpg.connect(postgres)
+    try:
+        await holder.execute("DROP INDEX locked_cache_scope")
+        async with holder.transaction():
+            await holder.execute("DELETE FROM locked_cache WHERE id = -1")
+            with pytest.raises(RuntimeError, match="'locked_cache' stayed locked"):
+                await asyncio.wait_for(
+                    PgvectorCache.connect(settings(postgres, "locked_cache"), dimension=4), 5
+                )
+    finally:
+        await holder.close()
+
+
 async def test_two_gateway_processes_share_one_cache(
     postgres: str, sim_pool: SimPool, gateways: list[RunningGateway], tmp_path: Path
 ) -> None:
@@ -100,10 +141,11 @@ async def test_two_gateway_processes_share_one_cache(
             }
         )
     )
-    other, base = start_gateway_process(path, tmp_path / "gateway.log")
+    # In a thread: the in-process gateway shares this event loop and must keep running.
+    other, base = await asyncio.to_thread(start_gateway_process, path, tmp_path / "gateway.log")
     try:
         try:
-            wait_for_status(f"{base}/ready", 200, timeout=60)
+            await asyncio.to_thread(wait_for_status, f"{base}/ready", 200, timeout=60)
         except TimeoutError as exc:
             raise AssertionError((tmp_path / "gateway.log").read_text()[-3000:]) from exc
         replies = []

@@ -25,10 +25,54 @@ log = logging.getLogger(__name__)
 
 CANDIDATES = 4
 MAINTENANCE_INTERVAL_S = 30.0
+# How long schema setup may wait for a table lock before start-up fails with a clear error.
+SCHEMA_LOCK_TIMEOUT_S = 10.0
 
 
 def _vector_literal(vector: Vector) -> str:
     return "[" + ",".join(f"{x:.6f}" for x in vector.tolist()) + "]"
+
+
+async def _ensure_schema(connection: Any, table: str, dimension: int) -> None:
+    """Create what is missing, and only that.
+
+    ``CREATE INDEX IF NOT EXISTS`` takes a SHARE lock on the table before it looks for the
+    index, so on a table other replicas are writing to it waits for their writes, and every
+    write queued behind it waits too: one replica starting would stall the whole fleet's
+    cache. Existing indexes are therefore looked up in the catalogue first, and the lock wait
+    is bounded.
+    """
+    indexes = {
+        f"{table}_exact": f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_exact ON {table} (exact)",
+        f"{table}_scope": f"CREATE INDEX IF NOT EXISTS {table}_scope ON {table} (scope)",
+        f"{table}_hnsw": f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} "
+        "USING hnsw (embedding vector_cosine_ops)",
+    }
+    async with connection.transaction():
+        await connection.execute(
+            f"SET LOCAL lock_timeout = '{int(SCHEMA_LOCK_TIMEOUT_S * 1000)}ms'"
+        )
+        try:
+            if not await connection.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')"
+            ):
+                await connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            await connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                " id bigserial PRIMARY KEY, scope text NOT NULL, exact text NOT NULL,"
+                f" text text NOT NULL, embedding vector({dimension}) NOT NULL,"
+                " answer jsonb NOT NULL, expires_at timestamptz NOT NULL,"
+                " last_used timestamptz NOT NULL DEFAULT now())"
+            )
+            for name, create in indexes.items():
+                if await connection.fetchval("SELECT to_regclass($1) IS NULL", name):
+                    await connection.execute(create)
+        except asyncpg.LockNotAvailableError as exc:
+            raise RuntimeError(
+                f"cache.pgvector: table {table!r} stayed locked for "
+                f"{SCHEMA_LOCK_TIMEOUT_S:.0f}s while its indexes were created; "
+                "another session holds a lock on it"
+            ) from exc
 
 
 class PgvectorCache:
@@ -44,25 +88,18 @@ class PgvectorCache:
         pg: PgvectorConfig | None = settings.pgvector
         assert pg is not None
         pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=pg.pool_size)
-        table = pg.table
-        async with pool.acquire() as connection:
-            await connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            await connection.execute(
-                f"CREATE TABLE IF NOT EXISTS {table} ("
-                " id bigserial PRIMARY KEY, scope text NOT NULL, exact text NOT NULL,"
-                f" text text NOT NULL, embedding vector({dimension}) NOT NULL,"
-                " answer jsonb NOT NULL, expires_at timestamptz NOT NULL,"
-                " last_used timestamptz NOT NULL DEFAULT now())"
-            )
-            await connection.execute(
-                f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_exact ON {table} (exact)"
-            )
-            await connection.execute(f"CREATE INDEX IF NOT EXISTS {table}_scope ON {table} (scope)")
-            await connection.execute(
-                f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} "
-                "USING hnsw (embedding vector_cosine_ops)"
-            )
-        cache = cls(settings, pool, table)
+        try:
+            async with pool.acquire() as connection:
+                try:
+                    await _ensure_schema(connection, pg.table, dimension)
+                except (asyncpg.UniqueViolationError, asyncpg.DuplicateObjectError):
+                    # Two replicas creating the same table or index at the same moment: one
+                    # of them loses the race on the catalogue; what it wanted now exists.
+                    await _ensure_schema(connection, pg.table, dimension)
+        except BaseException:
+            await pool.close()
+            raise
+        cache = cls(settings, pool, pg.table)
         cache._maintenance = asyncio.create_task(cache._maintain(), name="pgvector-maintenance")
         return cache
 
