@@ -21,6 +21,7 @@ class GatewayError(Exception):
         error_type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -28,6 +29,7 @@ class GatewayError(Exception):
         self.error_type = error_type
         self.code = code
         self.param = param
+        self.headers = headers or {}  # the refusal's own headers (``retry-after``...)
 
     def body(self) -> dict[str, object]:
         return {
@@ -44,8 +46,32 @@ class GatewayError(Exception):
             status=self.status,
             body=orjson.dumps(self.body()),
             content_type="application/json",
-            headers=headers,
+            headers={**self.headers, **(headers or {})},
         )
+
+
+_ACCESS_REASONS = {
+    "rate_limit_exceeded": "rate_limited",
+    "model_not_allowed": "forbidden",
+    "queue_full": "queue_full",
+    "queue_timeout": "queue_timeout",
+}
+
+
+def rejection_reason(error: GatewayError) -> str:
+    """The ``reason`` label of ``mixroute_requests_rejected_total`` for a refusal."""
+    access = _ACCESS_REASONS.get(error.code or "")
+    if access is not None:
+        return access
+    if error.status == 413:
+        return "too_large"
+    if error.status == 404:
+        return "unknown_model"
+    if error.status == 503:
+        return "no_endpoint"
+    if error.status == 401:
+        return "unauthorized"
+    return "bad_request"
 
 
 def bad_request(

@@ -83,7 +83,9 @@ def hit_reply(ctx: RequestContext, key: CacheRequest, hit: CacheHit) -> Reply:
 
 def error_reply(error: GatewayError, headers: dict[str, str] | None = None) -> Reply:
     return Reply(
-        error.status, {**(headers or {}), "content-type": JSON}, orjson.dumps(error.body())
+        error.status,
+        {**error.headers, **(headers or {}), "content-type": JSON},
+        orjson.dumps(error.body()),
     )
 
 

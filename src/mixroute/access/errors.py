@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from mixroute.errors import GatewayError
 
 
-class AccessError(GatewayError):
-    """A ``GatewayError`` that carries response headers of its own (``retry-after``...)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        error_type: str,
-        code: str,
-        headers: dict[str, str] | None = None,
-        param: str | None = None,
-    ) -> None:
-        super().__init__(status, message, error_type=error_type, code=code, param=param)
-        self.headers = headers or {}
-
-    def response(self, headers: dict[str, str] | None = None) -> web.Response:
-        return super().response({**self.headers, **(headers or {})})
-
-
-def invalid_key(missing: bool, where: str) -> AccessError:
+def invalid_key(missing: bool, where: str) -> GatewayError:
     message = (
         f"This gateway needs an API key ({where})."
         if missing
         else "The API key is not valid for this gateway."
     )
-    return AccessError(
+    return GatewayError(
         401,
         message,
         error_type="authentication_error",
@@ -42,9 +20,9 @@ def invalid_key(missing: bool, where: str) -> AccessError:
     )
 
 
-def model_not_allowed(model: str, route: str | None) -> AccessError:
+def model_not_allowed(model: str, route: str | None) -> GatewayError:
     via = f" (chosen by route `{route}`)" if route else ""
-    return AccessError(
+    return GatewayError(
         403,
         f"This API key may not use the model `{model}`{via}.",
         error_type="permission_error",
@@ -53,10 +31,10 @@ def model_not_allowed(model: str, route: str | None) -> AccessError:
     )
 
 
-def rate_limited(kind: str, limit: int, retry_after_s: int) -> AccessError:
+def rate_limited(kind: str, limit: int, retry_after_s: int) -> GatewayError:
     """OpenAI's shape: type ``requests`` or ``tokens``, code ``rate_limit_exceeded``."""
     unit = "requests" if kind == "requests" else "tokens"
-    return AccessError(
+    return GatewayError(
         429,
         f"Rate limit reached for this API key on {unit} per minute (limit {limit}). "
         f"Please try again in {retry_after_s}s.",
@@ -66,8 +44,8 @@ def rate_limited(kind: str, limit: int, retry_after_s: int) -> AccessError:
     )
 
 
-def queue_full(model: str) -> AccessError:
-    return AccessError(
+def queue_full(model: str) -> GatewayError:
+    return GatewayError(
         429,
         f"Model `{model}` is at its in-flight limit and its queue is full; retry shortly.",
         error_type="overloaded",
@@ -75,8 +53,8 @@ def queue_full(model: str) -> AccessError:
     )
 
 
-def queue_timeout(model: str, waited_s: float) -> AccessError:
-    return AccessError(
+def queue_timeout(model: str, waited_s: float) -> GatewayError:
+    return GatewayError(
         503,
         f"Model `{model}` did not admit the request within {waited_s:g}s (queue wait).",
         error_type="service_unavailable",

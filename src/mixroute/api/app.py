@@ -12,7 +12,7 @@ from mixroute import headers as h
 from mixroute.api import classify, openai, ops, spec
 from mixroute.api.keys import GATEWAY
 from mixroute.dashboard import add_dashboard_routes
-from mixroute.errors import GatewayError
+from mixroute.errors import GatewayError, rejection_reason
 from mixroute.gateway import Gateway
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             _check_admin_key(request)
         return await handler(request)
     except GatewayError as exc:
-        request.app[GATEWAY].metrics.rejected.labels(_reason(exc)).inc()
+        request.app[GATEWAY].metrics.rejected.labels(rejection_reason(exc)).inc()
         return exc.response({h.REQUEST_ID: openai.request_id_for(request)})
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -49,29 +49,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             error_type="server_error",
             code="internal_error",
         ).response({h.REQUEST_ID: openai.request_id_for(request)})
-
-
-_ACCESS_REASONS = {
-    "rate_limit_exceeded": "rate_limited",
-    "model_not_allowed": "forbidden",
-    "queue_full": "queue_full",
-    "queue_timeout": "queue_timeout",
-}
-
-
-def _reason(exc: GatewayError) -> str:
-    access = _ACCESS_REASONS.get(exc.code or "")
-    if access is not None:
-        return access
-    if exc.status == 413:
-        return "too_large"
-    if exc.status == 404:
-        return "unknown_model"
-    if exc.status == 503:
-        return "no_endpoint"
-    if exc.status == 401:
-        return "unauthorized"
-    return "bad_request"
 
 
 def _check_admin_key(request: web.Request) -> None:

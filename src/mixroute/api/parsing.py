@@ -93,9 +93,7 @@ def check_body(body: dict[str, Any], kind: str) -> None:
     # Routes merge their reasoning switch into this object (semantic/mutate.py).
     template_kwargs = body.get("chat_template_kwargs")
     if template_kwargs is not None and not isinstance(template_kwargs, dict):
-        raise bad_request(
-            "`chat_template_kwargs` must be an object.", param="chat_template_kwargs"
-        )
+        raise bad_request("`chat_template_kwargs` must be an object.", param="chat_template_kwargs")
     field = REQUIRED_FIELD.get(kind)
     if field is not None and field not in body:
         raise bad_request(f"`{field}` is required.", param=field, code="missing_field")
