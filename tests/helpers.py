@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openai
 import orjson
 import yaml
 from aiohttp import web
@@ -23,6 +24,8 @@ from aiohttp import web
 from mixroute.api.app import build_app
 from mixroute.config.loader import parse_config_text, validate_config
 from mixroute.config.schema import MixrouteConfig
+from mixroute.extproc.envoy_config import EnvoySettings, render_bootstrap
+from mixroute.extproc.launcher import envoy_argv
 from mixroute.gateway import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,3 +240,56 @@ def content_tokens(events: list[str]) -> int:
         if choices and choices[0].get("delta", {}).get("content"):
             count += 1
     return count
+
+
+# -- Envoy topologies (test_extproc*.py) ----------------------------------------------
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """The processor opens its port only once its gateway is ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Topology:
+    urls: dict[str, str] = field(default_factory=dict)  # envoy name -> base URL
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def client(self, name: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.urls[name] + "/v1", api_key="x", max_retries=0)
+
+    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.processes.append(process)
+        return process
+
+    def start_envoy(self, name: str, settings_args: dict[str, Any], workdir: Path) -> None:
+        port, admin = free_port(), free_port()
+        settings = EnvoySettings(listen_port=port, admin_port=admin, **settings_args)
+        path = workdir / f"envoy-{name}.yaml"
+        path.write_text(render_bootstrap(settings))
+        self.start(envoy_argv(path), workdir / f"envoy-{name}.log")
+        self.urls[name] = f"http://127.0.0.1:{port}"
+        self.urls[name + "-admin"] = f"http://127.0.0.1:{admin}"

@@ -279,17 +279,33 @@ class AccessControl:
         gate = self.gates.get(model) if self.gates else None
         if gate is None:
             return self._no_gate
-        return _admitted(gate, model, principal.priority if principal is not None else 0)
+        return _admitted(gate, model, principal)
+
+    async def take_slot(self, model: str, principal: Principal | None) -> AdmissionGate | None:
+        """Waits for one of the model's in-flight slots (429 when the queue is full, 503 when
+        the wait times out); the caller releases the returned gate when the request ends.
+        None: the model has no ``max_in_flight``. For the Envoy layout, where the request
+        ends in a later gRPC message rather than inside one call."""
+        gate = self.gates.get(model) if self.gates else None
+        if gate is not None:
+            await _acquire(gate, model, principal)
+        return gate
 
 
-@contextlib.asynccontextmanager
-async def _admitted(gate: AdmissionGate, model: str, priority: int) -> AsyncIterator[None]:
+async def _acquire(gate: AdmissionGate, model: str, principal: Principal | None) -> None:
     try:
-        await gate.acquire(priority)
+        await gate.acquire(principal.priority if principal is not None else 0)
     except QueueFull:
         raise queue_full(model) from None
     except QueueTimeout:
         raise queue_timeout(model, gate.timeout_s) from None
+
+
+@contextlib.asynccontextmanager
+async def _admitted(
+    gate: AdmissionGate, model: str, principal: Principal | None
+) -> AsyncIterator[None]:
+    await _acquire(gate, model, principal)
     try:
         yield
     finally:

@@ -25,6 +25,7 @@ import aiohttp
 
 from mixroute import headers as h
 from mixroute.demo import (
+    DEMO_KEY,
     DEMO_MODELS,
     REPLICAS_PER_MODEL,
     Simulator,
@@ -153,7 +154,9 @@ def _banner(
         f"  Envoy admin: http://127.0.0.1:{admin_port}  bootstrap: {envoy_path}\n"
         f"  ext_proc processor (gRPC): 127.0.0.1:{grpc_port}\n"
         f"  simulated pool (a cluster per model): {pool}\n"
-        f"  live config (edit it; it reloads): {config_path}\n\n"
+        f"  live config (edit it; it reloads): {config_path}\n"
+        f"  demo API key {DEMO_KEY} (tenant demo-team, 5 requests/min, then 429; no key "
+        f"works too): add -H 'authorization: Bearer {DEMO_KEY}'\n\n"
         f"  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
         f'    -d \'{{"model": "MoM", "messages": [{{"role": "user", '
         f'"content": "What is 2+2?"}}]}}\' -D - \n'

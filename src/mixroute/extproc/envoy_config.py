@@ -217,6 +217,7 @@ def _filters(settings: EnvoySettings) -> list[dict[str, Any]]:
             },
             "failure_mode_allow": settings.failure_mode_allow,
             "allow_mode_override": True,
+            "request_attributes": ["source.address"],  # per-address limits (anonymous)
             "message_timeout": f"{settings.message_timeout_s}s",
             "processing_mode": {
                 "request_header_mode": "SEND",

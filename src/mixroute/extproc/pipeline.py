@@ -5,7 +5,8 @@ on, the rewritten body, optionally the replica, and what to do with the answer) 
 ``Reply`` the processor sends instead of the upstream (guard refusal, cache hit, error).
 The steps are the gateway's own functions in the gateway's order: parse, choose the model
 (aliases, ``MoM``/``auto`` semantic routing with system prompt, reasoning and tool
-filtering), guards, cache.
+filtering), guards, cache; with ``access.enabled`` also the key, its models and routes, its
+rate limits and the model's admission slot, as ``mixroute serve`` checks them.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from typing import Any
 import orjson
 
 from mixroute import headers as h
+from mixroute.access.admission import AdmissionGate
 from mixroute.api.openai import PASSTHROUGH_PATHS, choose_model
 from mixroute.api.parsing import model_from_multipart, parse_json_body
 from mixroute.cache.policy import CachePlan, plan_cache_lookup
 from mixroute.context import RequestContext
-from mixroute.errors import GatewayError, bad_request, no_healthy_endpoint
+from mixroute.errors import GatewayError, bad_request, no_healthy_endpoint, rejection_reason
 from mixroute.extproc.envoy_config import host_port
 from mixroute.gateway import Gateway
 from mixroute.guards.policy import check_guards
 from mixroute.observability.recorder import CLIENT_CLOSED
+from mixroute.proxy.usage import UsageTap
 from mixroute.replies import Reply, error_reply, hit_reply, refusal_reply
 from mixroute.runtime import Runtime
 
@@ -53,6 +56,13 @@ class Forward:
     destination: str | None
     body: bytes | None  # the rewritten body; None when the client's bytes go as they are
     plan: CachePlan | None  # store the answer in the cache when it completes
+    slot: AdmissionGate | None = None  # the model's in-flight slot, released when it ends
+
+    def release(self) -> None:
+        """Give the in-flight slot back (once; the request has ended)."""
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
 
 
 class RequestPipeline:
@@ -63,8 +73,19 @@ class RequestPipeline:
         self._set_destination = set_destination
         self._pid = str(os.getpid())
 
+    @property
+    def key_headers(self) -> tuple[str, ...]:
+        """The headers that may carry a client's API key (read only with access on)."""
+        access = self._gateway.access
+        return access.key_headers if access.enabled else ()
+
     async def run(
-        self, kind: str, path: str, headers: Mapping[str, str], raw: bytes
+        self,
+        kind: str,
+        path: str,
+        headers: Mapping[str, str],
+        raw: bytes,
+        remote: str | None = None,
     ) -> Forward | Reply:
         started = time.monotonic()
         runtime = self._gateway.runtime  # taken once: a reload mid-request does not apply
@@ -73,10 +94,10 @@ class RequestPipeline:
         error = None
         try:
             verdict = await self._run(
-                kind, path, headers, raw, runtime, request_id, started, holder
+                kind, path, headers, raw, remote, runtime, request_id, started, holder
             )
         except GatewayError as exc:
-            self._gateway.metrics.rejected.labels(_reason(exc)).inc()
+            self._gateway.metrics.rejected.labels(rejection_reason(exc)).inc()
             verdict, error = error_reply(exc, {h.REQUEST_ID: request_id}), exc.code
         if isinstance(verdict, Reply):  # answered here: the request ends now
             self._gateway.recorder.finish(
@@ -108,11 +129,16 @@ class RequestPipeline:
         path: str,
         headers: Mapping[str, str],
         raw: bytes,
+        remote: str | None,
         runtime: Runtime,
         request_id: str,
         started: float,
         holder: list[RequestContext],
     ) -> Forward | Reply:
+        access = self._gateway.access
+        principal = access.authenticate(headers, remote) if access.enabled else None
+        if principal is not None:
+            access.admit_request(principal)
         limit = runtime.config.server.max_body_bytes
         if len(raw) > limit:
             raise GatewayError(
@@ -131,19 +157,26 @@ class RequestPipeline:
             body=body,
             raw_body=raw,
             stream=body.get("stream") is True,
-            tenant=headers.get(h.TENANT),
+            # With access on the key decides the tenant (the cache scope), never a header.
+            tenant=principal.tenant if principal is not None else headers.get(h.TENANT),
             debug=headers.get(h.DEBUG) == "1",
             started=started,
         )
         holder.append(ctx)
+        if principal is not None:
+            access.admit_tokens(principal, ctx)
         ctx.response_headers[h.REQUEST_ID] = request_id
         if ctx.debug:
             ctx.response_headers[h.WORKER] = self._pid
         gateway = self._gateway
         await choose_model(ctx, runtime, kind, content_type, gateway.metrics)
+        if principal is not None:
+            access.check_model(principal, ctx)
         refusal = await check_guards(ctx, runtime, gateway)
         if refusal is not None:
             return refusal_reply(ctx, refusal)
+        if principal is not None:  # a guard may have rerouted the request to another model
+            access.check_model(principal, ctx)
         bypass = headers.get(h.CACHE_CONTROL, "").lower() == "no-cache"
         lookup = await plan_cache_lookup(ctx, runtime, gateway, bypass=bypass)
         if lookup.hit is not None and lookup.key is not None:
@@ -156,7 +189,10 @@ class RequestPipeline:
         if not multipart and (ctx.body_changed or upstream_model != ctx.requested_model):
             ctx.body["model"] = upstream_model
             rewritten = orjson.dumps(ctx.body)
-        return Forward(ctx, ctx.model, destination, rewritten, lookup.plan)
+        if ctx.on_usage is not None:  # tokens per minute: the completion is charged too
+            ctx.tap = UsageTap(ctx.tap, ctx.on_usage)
+        slot = await access.take_slot(ctx.model, principal)  # last: nothing after may fail
+        return Forward(ctx, ctx.model, destination, rewritten, lookup.plan, slot)
 
     def list_models(self) -> Reply:
         """``GET /v1/models`` as the gateway answers it: every model plus ``MoM``/``auto``
@@ -196,9 +232,3 @@ def _request_id(headers: Mapping[str, str]) -> str:
     if given and len(given) <= 128 and given.isprintable():
         return given
     return os.urandom(16).hex()
-
-
-def _reason(exc: GatewayError) -> str:
-    return {413: "too_large", 404: "unknown_model", 503: "no_endpoint"}.get(
-        exc.status, "bad_request"
-    )

@@ -2,7 +2,8 @@
 
 What Envoy sends, and what comes back (docs/envoy.md has the picture):
 
-1. ``request_headers``: remember the path and the few headers the pipeline reads. A path
+1. ``request_headers``: remember the path and the few headers the pipeline reads (with
+   access control on, the key headers and Envoy's ``source.address`` attribute too). A path
    that is not an inference path is passed through with a ``mode_override`` that turns off
    every later phase of this request, so it costs one message.
 2. ``request_body`` (BUFFERED: the whole body at once): run the gateway's pipeline. Either
@@ -44,6 +45,8 @@ _WANTED = frozenset(
 # Routing headers only the processor may set: a client's copy never reaches the route match.
 _ROUTING = (h.SELECTED_MODEL, h.DESTINATION_ENDPOINT)
 _DONE = b"data: [DONE]"
+# Where Envoy puts the attributes the filter's ``request_attributes`` asks for.
+_ATTRIBUTES = "envoy.filters.http.ext_proc"
 
 
 def header(key: str, value: str) -> Any:
@@ -62,6 +65,16 @@ def immediate(reply: Reply) -> Any:
             details="mixroute",
         )
     )
+
+
+def _host(address: str) -> str | None:
+    """``1.2.3.4:5678`` or ``[::1]:5678`` -> the host part (per-address limits ignore ports)."""
+    if not address:
+        return None
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit():
+        return address
+    return host.strip("[]")
 
 
 class Responses:
@@ -100,6 +113,7 @@ class Exchange:
         "_kind",
         "_length_known",
         "_path",
+        "_remote",
         "_request_headers",
         "_status",
         "_streamed",
@@ -113,6 +127,7 @@ class Exchange:
         self._request_headers: dict[str, str] = {}
         self._kind: str | None = None
         self._path = ""
+        self._remote: str | None = None
         self._body_chunks: list[bytes] = []
         self._forward: Forward | None = None
         self._tap: ResponseTap | None = None
@@ -126,15 +141,19 @@ class Exchange:
     # -- request ---------------------------------------------------------------------
 
     def on_request_headers(
-        self, message: Any, responses: Responses, pipeline: RequestPipeline
+        self, message: Any, attributes: Any, responses: Responses, pipeline: RequestPipeline
     ) -> Any | None:
         """The reply now, or None: the pipeline must run (now if there is no body)."""
         wanted = self._request_headers
+        key_headers = pipeline.key_headers
         for item in message.headers.headers:
-            if item.key in _WANTED or item.key.startswith("x-mixroute-"):
+            key = item.key
+            if key in _WANTED or key.startswith("x-mixroute-") or key in key_headers:
                 wanted[item.key] = (
                     item.raw_value.decode("latin-1") if item.raw_value else item.value
                 )
+        if key_headers and _ATTRIBUTES in attributes:
+            self._remote = _host(attributes[_ATTRIBUTES].fields["source.address"].string_value)
         self._path = wanted.get(":path", "/")
         method = wanted.get(":method")
         if method == "GET" and self._path.split("?", 1)[0] == "/v1/models":
@@ -155,7 +174,9 @@ class Exchange:
         assert self._kind is not None
         raw = b"".join(self._body_chunks)
         self._body_chunks = []
-        verdict = await pipeline.run(self._kind, self._path, self._request_headers, raw)
+        verdict = await pipeline.run(
+            self._kind, self._path, self._request_headers, raw, self._remote
+        )
         if isinstance(verdict, Reply):
             return immediate(verdict)
         self._forward = verdict
@@ -167,6 +188,8 @@ class Exchange:
     def _mutations(self, forward: Forward) -> Any:
         set_headers = [header(h.SELECTED_MODEL, forward.model)]
         remove = [k for k in self._request_headers if k.startswith("x-mixroute-")]
+        # The client's API key is the gateway's business, never the upstream's.
+        remove.extend(k for k in forward.ctx.client_key_headers if k in self._request_headers)
         if forward.destination is not None:
             set_headers.append(header(h.DESTINATION_ENDPOINT, forward.destination))
         else:
@@ -267,6 +290,11 @@ class Exchange:
         """The answer's status once its headers passed (0 before)."""
         return self._status
 
+    def end(self) -> None:
+        """The gRPC stream is over, and with it the request: free its in-flight slot."""
+        if self._forward is not None:
+            self._forward.release()
+
     async def store_answer(self) -> None:
         self.store = False
         if self._forward is not None:
@@ -286,6 +314,7 @@ class ExtProcessor:
             async for reply in self._exchange(exchange, requests):
                 yield reply
         finally:
+            exchange.end()
             self._record(exchange)  # a stream that ended before its answer did
 
     async def _exchange(
@@ -296,7 +325,7 @@ class ExtProcessor:
             phase = message.WhichOneof("request")
             if phase == "request_headers":
                 reply = exchange.on_request_headers(
-                    message.request_headers, responses, self._pipeline
+                    message.request_headers, message.attributes, responses, self._pipeline
                 )
                 if reply is None:
                     reply = await self._decide(exchange)

@@ -8,11 +8,14 @@ the prompt tokens are unknown. Spend needs ``models.*.pricing`` and usage.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from mixroute.config.schema import PricingConfig
+from mixroute.context import ResponseTap
 from mixroute.observability.metrics import Metrics
 
 # A JSON string value right after one of these keys is generated text: chat deltas
@@ -142,3 +145,42 @@ def account_stream(
         metrics.tokens.labels(model, "completion").inc(watcher.text_events)
     if first is not None and last is not None and completion is not None and completion > 1:
         metrics.time_per_output_token.labels(model).observe((last - first) / (completion - 1))
+
+
+class UsageTap:
+    """A response tap that reports the answer's usage once it has passed, and hands every
+    byte on to ``inner`` (the cache's capture, PII restoring) unchanged in between.
+
+    The Envoy layout's way to charge a key's tokens per minute with the completion: there
+    the processor sees the answer only through a tap (docs/envoy.md)."""
+
+    __slots__ = ("_charged", "_inner", "_on_usage", "_watcher")
+
+    def __init__(
+        self, inner: ResponseTap | None, on_usage: Callable[[dict[str, Any]], None]
+    ) -> None:
+        self._inner = inner
+        self._on_usage = on_usage
+        self._watcher = StreamUsageWatcher()
+        self._charged = False
+
+    def on_body(self, status: int, body: bytes) -> bytes:
+        self._charged = True
+        if status == 200 and (usage := usage_from_json(body)) is not None:
+            self._on_usage(usage)
+        return self._inner.on_body(status, body) if self._inner is not None else body
+
+    def on_chunk(self, chunk: bytes) -> bytes:
+        self._watcher.feed(chunk, time.monotonic())
+        return self._inner.on_chunk(chunk) if self._inner is not None else chunk
+
+    def flush(self) -> bytes:
+        return self._inner.flush() if self._inner is not None else b""
+
+    def on_stream_end(self, complete: bool) -> None:
+        if not self._charged:  # a stream (a whole body was charged in on_body)
+            self._charged = True
+            watcher = self._watcher
+            self._on_usage(watcher.usage or {"completion_tokens": watcher.text_events})
+        if self._inner is not None:
+            self._inner.on_stream_end(complete)

@@ -132,8 +132,11 @@ static_resources:
                 response_header_mode: SEND
                 response_body_mode: NONE
                 response_trailer_mode: SKIP
-              # mixroute asks for the response body when it will cache the answer.
+              # mixroute asks for the response body when it needs the answer (cache, PII,
+              # tokens per minute).
               allow_mode_override: true
+              # The client's address, for per-address limits on anonymous callers.
+              request_attributes: ["source.address"]
               message_timeout: {{ $root.Values.envoy.messageTimeout }}
               route_cache_action: CLEAR
           - name: envoy.filters.http.router
