@@ -7,6 +7,10 @@ The steps are the gateway's own functions in the gateway's order: parse, choose 
 (aliases, ``MoM``/``auto`` semantic routing with system prompt, reasoning and tool
 filtering), guards, cache; with ``access.enabled`` also the key, its models and routes, its
 rate limits and the model's admission slot, as ``mixroute serve`` checks them.
+
+With ``observability.tracing`` on, each run is one trace (continuing the client's
+``traceparent``) with the stage spans of ``mixroute serve``; its root span covers the
+processor's decision, and a forwarded request carries the trace on to the upstream.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -30,6 +34,12 @@ from mixroute.extproc.envoy_config import host_port
 from mixroute.gateway import Gateway
 from mixroute.guards.policy import check_guards
 from mixroute.observability.recorder import CLIENT_CLOSED
+from mixroute.observability.tracing import (
+    RequestTrace,
+    describe_cache,
+    describe_decision,
+    describe_guards,
+)
 from mixroute.proxy.usage import UsageTap
 from mixroute.replies import Reply, error_reply, hit_reply, refusal_reply
 from mixroute.runtime import Runtime
@@ -57,6 +67,7 @@ class Forward:
     body: bytes | None  # the rewritten body; None when the client's bytes go as they are
     plan: CachePlan | None  # store the answer in the cache when it completes
     slot: AdmissionGate | None = None  # the model's in-flight slot, released when it ends
+    trace_headers: dict[str, str] = field(default_factory=dict)  # traceparent for upstream
 
     def release(self) -> None:
         """Give the in-flight slot back (once; the request has ended)."""
@@ -92,17 +103,29 @@ class RequestPipeline:
         request_id = _request_id(headers)
         holder: list[RequestContext] = []  # the context, once the body is parsed
         error = None
+        path_only = path.split("?", 1)[0]
+        trace = self._gateway.tracing.begin("POST", path_only, headers, request_id)
+        verdict: Forward | Reply | None = None
         try:
             verdict = await self._run(
-                kind, path, headers, raw, remote, runtime, request_id, started, holder
+                kind, path, headers, raw, remote, runtime, request_id, started, holder, trace
             )
         except GatewayError as exc:
             self._gateway.metrics.rejected.labels(rejection_reason(exc)).inc()
             verdict, error = error_reply(exc, {h.REQUEST_ID: request_id}), exc.code
+        finally:
+            ctx = holder[0] if holder else None
+            if isinstance(verdict, Forward):  # the trace goes on upstream, in the model server
+                trace.inject(verdict.trace_headers)
+                trace.finish(0, ctx, verdict.ctx.response_headers, None)
+            elif isinstance(verdict, Reply):
+                trace.finish(verdict.status, ctx, verdict.headers, error)
+            else:  # an unexpected failure; the processor answers it with a 500
+                trace.finish(500, ctx, None, "internal_error")
         if isinstance(verdict, Reply):  # answered here: the request ends now
             self._gateway.recorder.finish(
                 request_id=request_id,
-                path=path.split("?", 1)[0],
+                path=path_only,
                 started=started,
                 ctx=holder[0] if holder else None,
                 status=verdict.status,
@@ -134,6 +157,7 @@ class RequestPipeline:
         request_id: str,
         started: float,
         holder: list[RequestContext],
+        trace: RequestTrace,
     ) -> Forward | Reply:
         access = self._gateway.access
         principal = access.authenticate(headers, remote) if access.enabled else None
@@ -147,7 +171,8 @@ class RequestPipeline:
                 code="request_too_large",
             )
         content_type = headers.get("content-type", "")
-        body = _parse(raw, kind, content_type)
+        with trace.span("mixroute.parse"):
+            body = _parse(raw, kind, content_type)
         requested = body["model"]
         ctx = RequestContext(
             request_id=request_id,
@@ -161,6 +186,7 @@ class RequestPipeline:
             tenant=principal.tenant if principal is not None else headers.get(h.TENANT),
             debug=headers.get(h.DEBUG) == "1",
             started=started,
+            trace=trace,
         )
         holder.append(ctx)
         if principal is not None:
@@ -169,21 +195,28 @@ class RequestPipeline:
         if ctx.debug:
             ctx.response_headers[h.WORKER] = self._pid
         gateway = self._gateway
-        await choose_model(ctx, runtime, kind, content_type, gateway.metrics)
+        with trace.span("mixroute.decision") as span:
+            await choose_model(ctx, runtime, kind, content_type, gateway.metrics)
+            describe_decision(span, ctx)
         if principal is not None:
             access.check_model(principal, ctx)
-        refusal = await check_guards(ctx, runtime, gateway)
+        with trace.span("mixroute.guards") as span:
+            refusal = await check_guards(ctx, runtime, gateway)
+            describe_guards(span, ctx, refusal is not None)
         if refusal is not None:
             return refusal_reply(ctx, refusal)
         if principal is not None:  # a guard may have rerouted the request to another model
             access.check_model(principal, ctx)
         bypass = headers.get(h.CACHE_CONTROL, "").lower() == "no-cache"
-        lookup = await plan_cache_lookup(ctx, runtime, gateway, bypass=bypass)
+        with trace.span("mixroute.cache") as span:
+            lookup = await plan_cache_lookup(ctx, runtime, gateway, bypass=bypass)
+            describe_cache(span, ctx, lookup.hit is not None)
         if lookup.hit is not None and lookup.key is not None:
             return hit_reply(ctx, lookup.key, lookup.hit)
         destination, upstream_model = None, ctx.model
         if self._set_destination:
-            destination, upstream_model = _pick(ctx, runtime)
+            with trace.span("mixroute.balancer"):
+                destination, upstream_model = _pick(ctx, runtime)
         rewritten = None
         multipart = content_type.startswith("multipart/")
         if not multipart and (ctx.body_changed or upstream_model != ctx.requested_model):

@@ -40,7 +40,17 @@ Mode = processing_mode_pb2.ProcessingMode
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # Request headers the pipeline reads; every other header is left alone and not decoded.
 _WANTED = frozenset(
-    {":path", ":method", "content-type", h.REQUEST_ID, h.TENANT, h.DEBUG, h.CACHE_CONTROL}
+    {
+        ":path",
+        ":method",
+        "content-type",
+        "traceparent",
+        "tracestate",
+        h.REQUEST_ID,
+        h.TENANT,
+        h.DEBUG,
+        h.CACHE_CONTROL,
+    }
 )
 # Routing headers only the processor may set: a client's copy never reaches the route match.
 _ROUTING = (h.SELECTED_MODEL, h.DESTINATION_ENDPOINT)
@@ -187,6 +197,7 @@ class Exchange:
 
     def _mutations(self, forward: Forward) -> Any:
         set_headers = [header(h.SELECTED_MODEL, forward.model)]
+        set_headers.extend(header(k, v) for k, v in forward.trace_headers.items())
         remove = [k for k in self._request_headers if k.startswith("x-mixroute-")]
         # The client's API key is the gateway's business, never the upstream's.
         remove.extend(k for k in forward.ctx.client_key_headers if k in self._request_headers)

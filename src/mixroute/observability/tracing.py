@@ -110,7 +110,8 @@ class RequestTrace:
         headers: Mapping[str, str] | None,
         error: str | None,
     ) -> None:
-        """Describe the request on its root span and end it."""
+        """Describe the request on its root span and end it (``status`` 0: not answered
+        here; the Envoy layout forwards the request and the trace goes on upstream)."""
 
 
 NO_TRACE = RequestTrace()
@@ -248,7 +249,8 @@ class _LiveTrace(RequestTrace):
         root = self._root
         try:
             if root.is_recording():
-                root.set_attribute("http.response.status_code", status)
+                if status:  # 0: forwarded by Envoy, the answer's status is not ours to know
+                    root.set_attribute("http.response.status_code", status)
                 if ctx is not None:
                     _describe_request(root, ctx, headers)
                 if error is not None:
