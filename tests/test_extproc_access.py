@@ -132,6 +132,13 @@ def test_a_key_is_required_and_checked(envoys: Topology) -> None:
     assert info.value.body["type"] == "authentication_error"  # type: ignore[index]
 
 
+def test_the_model_list_is_the_keys(envoys: Topology) -> None:
+    assert {m.id for m in sdk(envoys, KEY_A).models.list()} == {"alpha", "MoM", "auto"}
+    assert {"alpha", "beta"} <= {m.id for m in sdk(envoys, KEY_B).models.list()}
+    with pytest.raises(openai.AuthenticationError):
+        sdk(envoys, "mr-not-a-key").models.list()
+
+
 def test_models_and_routes_per_key(envoys: Topology) -> None:
     api = sdk(envoys, KEY_A)
     assert chat(api, "alpha").headers["x-mixroute-model"] == "alpha"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -309,14 +310,18 @@ def _session_key(request: web.Request, body: dict[str, Any], runtime: Runtime) -
 
 
 async def list_models(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
+    body = model_list(request.app[GATEWAY], request.headers, request.remote)
+    return web.Response(body=body, content_type="application/json")
+
+
+def model_list(gateway: Gateway, headers: Mapping[str, str], remote: str | None) -> bytes:
+    """The body of ``GET /v1/models``: every model plus ``MoM``/``auto``; with access on,
+    the models the caller's key may use (401 without a valid key). Both layouts answer it."""
     runtime = gateway.runtime
     created = int(time.time())
     names = [*runtime.model_names(), *runtime.config.routing.auto_models]
-    if gateway.access.enabled:  # a key sees the models it may use (and MoM/auto)
-        principal = gateway.access.authenticate(request.headers, request.remote)
+    if gateway.access.enabled:
+        principal = gateway.access.authenticate(headers, remote)
         names = [n for n in names if runtime.is_auto(n) or principal.models(n)]
     data = [{"id": n, "object": "model", "created": created, "owned_by": "mixroute"} for n in names]
-    return web.Response(
-        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
-    )
+    return orjson.dumps({"object": "list", "data": data})

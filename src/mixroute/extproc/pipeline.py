@@ -25,7 +25,7 @@ import orjson
 
 from mixroute import headers as h
 from mixroute.access.admission import AdmissionGate
-from mixroute.api.openai import PASSTHROUGH_PATHS, choose_model
+from mixroute.api.openai import PASSTHROUGH_PATHS, choose_model, model_list
 from mixroute.api.parsing import model_from_multipart, parse_json_body
 from mixroute.cache.policy import CachePlan, plan_cache_lookup
 from mixroute.context import RequestContext
@@ -227,16 +227,14 @@ class RequestPipeline:
         slot = await access.take_slot(ctx.model, principal)  # last: nothing after may fail
         return Forward(ctx, ctx.model, destination, rewritten, lookup.plan, slot)
 
-    def list_models(self) -> Reply:
-        """``GET /v1/models`` as the gateway answers it: every model plus ``MoM``/``auto``
-        (the default model's replicas behind Envoy would list only themselves)."""
-        runtime = self._gateway.runtime
-        created = int(time.time())
-        names = [*runtime.model_names(), *runtime.config.routing.auto_models]
-        data = [
-            {"id": n, "object": "model", "created": created, "owned_by": "mixroute"} for n in names
-        ]
-        body = orjson.dumps({"object": "list", "data": data})
+    def list_models(self, headers: Mapping[str, str], remote: str | None) -> Reply:
+        """``GET /v1/models`` as the gateway answers it (the default model's replicas behind
+        Envoy would list only themselves)."""
+        try:
+            body = model_list(self._gateway, headers, remote)
+        except GatewayError as exc:
+            self._gateway.metrics.rejected.labels(rejection_reason(exc)).inc()
+            return error_reply(exc)
         return Reply(200, {"content-type": "application/json"}, body)
 
 

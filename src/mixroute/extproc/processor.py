@@ -167,7 +167,7 @@ class Exchange:
         self._path = wanted.get(":path", "/")
         method = wanted.get(":method")
         if method == "GET" and self._path.split("?", 1)[0] == "/v1/models":
-            return immediate(pipeline.list_models())
+            return immediate(pipeline.list_models(wanted, self._remote))
         self._kind = kind_for(self._path) if method == "POST" else None
         if self._kind is None:
             return responses.pass_through
