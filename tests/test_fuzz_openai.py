@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -701,6 +701,85 @@ def test_raw_bytes_everywhere(
 ) -> None:
     response = post(http, guarded.url + path, raw)
     assert_sane(response, streaming=True, chat=False)
+
+
+FUZZ_KEYS = {
+    "limited": "mr-fuzz-three-rpm",  # 3 requests and 300 tokens a minute: refusals come soon
+    "narrow": "mr-fuzz-general-only",  # general-llm only: MoM decisions elsewhere are 403
+    "open": "mr-fuzz-unlimited",
+}
+
+
+@pytest.fixture(scope="module")
+def keyed(fuzz_sims: SimPool) -> Iterator[ThreadedGateway]:
+    """Access control on: keys with tight limits and a narrow model list, no anonymous use."""
+    from mixroute.access.keys import hash_key
+
+    keys = [
+        {"name": "limited", "hash": hash_key(FUZZ_KEYS["limited"]), "rpm": 3, "tpm": 300},
+        {"name": "narrow", "hash": hash_key(FUZZ_KEYS["narrow"]), "models": ["general-llm"]},
+        {"name": "open", "hash": hash_key(FUZZ_KEYS["open"])},
+    ]
+    with running_gateway(fuzz_config(fuzz_sims, access={"enabled": True, "keys": keys})) as gw:
+        yield gw
+
+
+header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+key_values = st.one_of(st.sampled_from([*FUZZ_KEYS.values(), "mr-not-a-key", ""]), header_text)
+# HTTP has no leading or trailing blanks in a header value (h11 refuses to send them).
+valid_keys = st.sampled_from(list(FUZZ_KEYS.values()))
+credentials = st.one_of(
+    valid_keys.map(lambda key: {"authorization": f"Bearer {key}"}),
+    valid_keys.map(lambda key: {"authorization": f"bearer  {key}"}),
+    valid_keys.map(lambda key: {"x-api-key": key}),
+    st.just({}),
+    key_values.map(lambda key: {"authorization": f"Bearer {key}"}),
+    key_values.map(lambda key: {"x-api-key": key}),
+    header_text.map(lambda value: {"authorization": value}),  # "Basic ...", "Bearer", junk
+    st.tuples(key_values, key_values).map(
+        lambda pair: {"authorization": f"Bearer {pair[0]}", "x-api-key": pair[1]}
+    ),
+).map(lambda headers: {name: value.strip() for name, value in headers.items()})
+
+
+@LIVE
+@given(
+    raw=st.one_of(chat_bodies().map(_encode), broken_objects(chat_bodies()).map(_encode)),
+    headers=credentials,
+)
+def test_access_refusals_are_clean(
+    keyed: ThreadedGateway, http: httpx.Client, raw: bytes, headers: dict[str, str]
+) -> None:
+    """Keys of every kind (valid, limited, narrow, unknown, empty, malformed headers) with
+    fuzzed bodies, through both layouts' request paths: answers or clean 401/403/429s, and
+    a refusal carries what a client needs to act on it."""
+    from mixroute.extproc.pipeline import Forward, RequestPipeline
+
+    response = post(http, keyed.url + "/v1/chat/completions", raw, headers)
+    assert_sane(response, streaming=True, chat=False)
+    check_refusal(response.status_code, response.headers, response.content)
+    pipeline = RequestPipeline(keyed.gateway, set_destination=False)
+    outcome = keyed.call(
+        pipeline.run(
+            "chat", "/v1/chat/completions", {"content-type": "application/json", **headers}, raw
+        )
+    )
+    if not isinstance(outcome, Forward):
+        assert outcome.status < 500, (outcome.status, outcome.body[:300])
+        check_refusal(outcome.status, outcome.headers, outcome.body)
+
+
+def check_refusal(status: int, headers: Mapping[str, str], body: bytes) -> None:
+    if status < 400:
+        return
+    code = orjson.loads(body)["error"]["code"]
+    event(f"refusal {status} {code}")
+    if status == 401:
+        assert code == "invalid_api_key" and headers["www-authenticate"] == "Bearer"
+    elif status == 403:
+        assert code == "model_not_allowed"
+    elif status == 429:
+        assert code == "rate_limit_exceeded" and 1 <= int(headers["retry-after"]) <= 60
 
 
 def test_live_fuzzing_reached_answers_and_refusals() -> None:
