@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -165,3 +167,71 @@ async def test_two_gateway_processes_share_one_cache(
     finally:
         other.terminate()
         other.wait(20)
+
+
+async def test_a_locked_or_broken_shared_cache_is_a_miss_not_an_error(
+    postgres: str, sim_pool: SimPool, gateways: list[RunningGateway]
+) -> None:
+    """The cache only saves work: a shared cache that hangs (a table lock) or fails (the
+    table is gone) costs at most ``cache.timeout_s``; every answer still arrives, whole."""
+    sim = sim_pool.start("alpha", "alpha-0")
+    cache = {
+        "enabled": True,
+        "backend": "pgvector",
+        "timeout_s": 0.5,
+        "pgvector": {"dsn": postgres, "table": "fragile_cache"},
+    }
+    gw = await start_gateway(config_for([sim], cache=cache))
+    gateways.append(gw)
+    api = openai.AsyncOpenAI(base_url=gw.v1, api_key="k", max_retries=0)
+    gw.on_close.append(api.close)
+    errors = gw.gateway.metrics.cache_errors
+
+    async def ask(question: str, stream: bool = False) -> str:
+        messages = [{"role": "user", "content": question}]
+        if stream:
+            chunks = await api.chat.completions.create(
+                model="alpha",
+                max_tokens=8,
+                messages=messages,
+                stream=True,  # type: ignore[arg-type]
+            )
+            assert len([c async for c in chunks]) >= 8
+            return "streamed"
+        raw = await api.chat.completions.with_raw_response.create(
+            model="alpha",
+            max_tokens=8,
+            messages=messages,  # type: ignore[arg-type]
+        )
+        assert raw.parse().choices[0].message.content
+        return raw.headers["x-mixroute-cache"]
+
+    assert await ask("What does HTTP 418 mean?") == "miss"
+    assert await ask("What does HTTP 418 mean?") == "hit"
+    holder = await asyncpg.connect(postgres)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE fragile_cache IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            assert await ask("What does HTTP 404 mean?") == "miss"
+            await ask("What does HTTP 500 mean?", stream=True)
+            # Two lookups and two stores, each given up after 0.5 s (a stream's store comes
+            # just after its last chunk).
+            await counted(errors, lookup=2, store=2)
+            assert time.monotonic() - started < 4
+        await holder.execute("DROP TABLE fragile_cache")
+    finally:
+        await holder.close()
+    assert await ask("What does HTTP 503 mean?") == "miss"
+    await ask("What does HTTP 302 mean?", stream=True)
+    await counted(errors, lookup=4, store=4)
+
+
+async def counted(errors: Any, **expected: int) -> None:
+    """Wait (up to 3 s) until the cache error counter shows ``expected`` per operation."""
+    for _ in range(300):
+        seen = {op: errors.labels(op)._value.get() for op in expected}
+        if seen == expected:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"cache errors {seen}, expected {expected}")

@@ -583,6 +583,12 @@ class CacheConfig(StrictModel):
         20_000, ge=1, description="A scope with more entries than this uses an HNSW index."
     )
     hnsw_ef_search: int = Field(128, ge=1, description="Recall@1 0.99 at 100k (benchmarks).")
+    timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="A lookup or store that takes longer is given up: a miss, never an error.",
+    )
     pgvector: PgvectorConfig | None = None
 
     @model_validator(mode="after")

@@ -167,6 +167,13 @@ class Metrics:
         self.cache_stores = Counter(
             "mixroute_cache_stores", "Complete answers written to the cache.", registry=r
         )
+        self.cache_errors = Counter(
+            "mixroute_cache_errors",
+            "Cache lookups and stores that failed or timed out (served as misses), by "
+            "operation (lookup, store).",
+            ["operation"],
+            registry=r,
+        )
         self.cache_entries = Gauge(
             "mixroute_cache_entries", "Entries in the cache (this process's view).", registry=r
         )
