@@ -3,8 +3,13 @@ what goes upstream and what never comes back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +18,18 @@ import openai
 import pytest
 import yaml
 
-from helpers import RunningGateway, SimPool, config_for, endpoint, free_port, start_gateway
+from helpers import (
+    RunningGateway,
+    SimPool,
+    config_for,
+    endpoint,
+    free_port,
+    start_gateway,
+    wait_for_status,
+)
 from mixroute.access.keys import hash_key
 from mixroute.access.service import AccessControl
+from mixroute.access.shared import SharedBuckets, bucket_tag
 from mixroute.config.loader import ConfigError, validate_config
 
 KEY_A = "mr-test-key-alpha-only"
@@ -375,3 +389,71 @@ def test_keys_cli_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) 
         }
     )
     assert config.access.keys[0].hash == digest
+
+
+async def test_limits_hold_for_the_gateway_not_per_worker(
+    shared_sims: SimPool, tmp_path: Path
+) -> None:
+    """``serve --workers 2``: the kernel spreads connections over both workers, and a key
+    with 20 requests per minute still gets 20, not 20 per worker."""
+    alpha = [s for s in shared_sims.sims if s.model == "alpha"]
+    config = {
+        "endpoints": [endpoint(s) for s in alpha],
+        "access": {"enabled": True, "keys": keys(slow={"rpm": 20})},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    argv = ["serve", "--config", str(path), "--port", str(port), "--workers", "2"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mixroute.cli", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.to_thread(wait_for_status, url + "/ready", 200)
+        statuses: list[int] = []
+        remaining: list[int] = []
+        workers: set[str] = set()
+        body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        headers = {"authorization": f"Bearer {KEY_SLOW}", "x-mixroute-debug": "1"}
+        for _ in range(40):  # a new connection each time: either worker may take it
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as http,
+                http.post(url + "/v1/chat/completions", json=body, headers=headers) as response,
+            ):
+                statuses.append(response.status)
+                if response.status == 200:
+                    workers.add(response.headers["x-mixroute-worker"])
+                    remaining.append(int(response.headers["x-ratelimit-remaining-requests"]))
+        # A minute's allowance and at most one more refilled while the 40 went by.
+        assert 20 <= statuses.count(200) <= 21, statuses
+        assert set(statuses) == {200, 429}
+        assert len(workers) == 2, "both workers should have answered the key"
+        assert remaining[0] == 19 and remaining == sorted(remaining, reverse=True), remaining
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 20)
+
+
+def test_shared_buckets_are_one_bucket_across_a_fork_and_stay_bounded() -> None:
+    store = SharedBuckets(8)
+    now = time.monotonic()
+    bucket = store.bucket(bucket_tag("key", "requests", 60), 60)
+    assert bucket.try_take(1, now) == 0
+    child = os.fork()
+    if child == 0:  # another worker takes ten more from the same bucket
+        same = store.bucket(bucket_tag("key", "requests", 60), 60)
+        os._exit(0 if all(same.try_take(1, now) == 0 for _ in range(10)) else 1)
+    _, status = os.waitpid(child, 0)
+    assert status == 0
+    assert bucket.level(now) == 49
+    # An empty bucket says how long until one more request fits (60 a minute: 1 s each).
+    bucket.take(49, now)
+    assert bucket.try_take(1, now) == pytest.approx(1.0)
+    # Nine buckets in eight slots: the least recently used one is forgotten (starts full).
+    for index in range(8):
+        store.bucket(bucket_tag("other", index), 60).take(5, now + 1 + index)
+    assert bucket.level(now + 20) == 60

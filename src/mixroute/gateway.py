@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from mixroute.access.service import AccessControl
+from mixroute.access.shared import SharedBuckets
 from mixroute.balancer.discovery.kubernetes import DiscoveryError, KubernetesDiscovery
 from mixroute.cache.service import CacheService
 from mixroute.config.loader import ConfigError
@@ -42,8 +43,10 @@ class Gateway:
         config: MixrouteConfig,
         config_path: Path | None = None,
         span_processor: SpanProcessor | None = None,
+        shared_buckets: SharedBuckets | None = None,
     ) -> None:
-        """``span_processor`` replaces the OTLP exporter of tracing (tests record in memory)."""
+        """``span_processor`` replaces the OTLP exporter of tracing (tests record in memory);
+        ``shared_buckets``: the rate-limit levels shared with the other ``--workers``."""
         self.tracing: Tracing = NO_TRACING
         self._span_processor = span_processor
         self.metrics = Metrics()
@@ -69,7 +72,10 @@ class Gateway:
         self.draining = False
         # Keys, rate-limit buckets and admission gates: rebuilt on every reload from the
         # previous one, so unchanged keys keep their windows (access/service.py).
-        self.access = AccessControl(config.access, list(config.access.keys), config.aliases(), {})
+        self._shared_buckets = shared_buckets
+        self.access = AccessControl(
+            config.access, list(config.access.keys), config.aliases(), {}, shared=shared_buckets
+        )
 
     def runtime_config_max_body(self) -> int:
         """The body limit is fixed at start (aiohttp reads it once); reloads cannot raise it."""
@@ -170,7 +176,9 @@ class Gateway:
         return fresh
 
     async def _build_runtime(self, config: MixrouteConfig, previous: Runtime | None) -> Runtime:
-        access = await AccessControl.build(config, self._config_path, previous=self.access)
+        access = await AccessControl.build(
+            config, self._config_path, previous=self.access, shared=self._shared_buckets
+        )
         runtime = Runtime(config, self.session, self.metrics, previous=previous)
         if config.semantic_enabled():
             assets = await self.semantic_assets(config)

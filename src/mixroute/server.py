@@ -24,6 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from mixroute.access.shared import SHARED_BUCKET_SLOTS, SharedBuckets
 from mixroute.api.app import build_app
 from mixroute.config.schema import MixrouteConfig
 from mixroute.gateway import Gateway
@@ -46,6 +47,7 @@ def run_server(
     if workers <= 1:
         _run_worker(config, config_path, host, port, reuse_port=False)
         return 0
+    shared = SharedBuckets(SHARED_BUCKET_SLOTS)  # before the fork: every worker maps it
     children: list[int] = []
     for _ in range(workers):
         pid = os.fork()
@@ -55,7 +57,7 @@ def run_server(
                 # Ctrl-C reaches the whole process group; the supervisor forwards it as
                 # SIGTERM, so a worker that also acted on it would count two signals (a cut).
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-                _run_worker(config, config_path, host, port, reuse_port=True)
+                _run_worker(config, config_path, host, port, reuse_port=True, shared=shared)
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -91,11 +93,23 @@ def supervise(children: list[int]) -> int:
 
 
 def _run_worker(
-    config: MixrouteConfig, config_path: Path | None, host: str, port: int, *, reuse_port: bool
+    config: MixrouteConfig,
+    config_path: Path | None,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool,
+    shared: SharedBuckets | None = None,
 ) -> None:
     signals = (signal.SIGTERM,) if reuse_port else (signal.SIGINT, signal.SIGTERM)
     serve = serve_until_stopped(
-        config, config_path, host, port, reuse_port=reuse_port, signals=signals
+        config,
+        config_path,
+        host,
+        port,
+        reuse_port=reuse_port,
+        signals=signals,
+        shared_buckets=shared,
     )
     try:
         import uvloop
@@ -129,9 +143,10 @@ async def serve_until_stopped(
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+    shared_buckets: SharedBuckets | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or one of ``signals`` arrives), then drain and exit."""
-    gateway = Gateway(config, config_path)
+    gateway = Gateway(config, config_path, shared_buckets=shared_buckets)
     runner = web.AppRunner(
         build_app(gateway),
         handler_cancellation=True,

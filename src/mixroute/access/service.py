@@ -38,6 +38,7 @@ from mixroute.access.errors import (
 )
 from mixroute.access.keys import NameMatcher, Principal, hash_key
 from mixroute.access.limits import AddressLimiters, KeyLimiter
+from mixroute.access.shared import SharedBuckets
 from mixroute.config.loader import ConfigError, format_validation_error
 from mixroute.config.schema import MixrouteConfig
 from mixroute.context import RequestContext
@@ -101,6 +102,7 @@ class AccessControl:
         aliases: dict[str, str],
         gates: dict[str, AdmissionGate],
         previous: AccessControl | None = None,
+        shared: SharedBuckets | None = None,
     ) -> None:
         self.settings = settings
         self.enabled = settings.enabled
@@ -119,7 +121,7 @@ class AccessControl:
                 and kept.identity == identity
                 and kept.limiter is not None
                 and kept.limiter.same_limits(key.rpm, key.tpm)
-                else KeyLimiter(key.rpm, key.tpm, now)
+                else KeyLimiter(key.rpm, key.tpm, now, shared, identity)
                 if key.rpm or key.tpm
                 else None
             )
@@ -149,12 +151,16 @@ class AccessControl:
                 kept_addresses
                 if kept_addresses is not None
                 and kept_addresses.same_limits(anon.rpm, anon.tpm, anon.max_clients)
-                else AddressLimiters(anon.rpm, anon.tpm, anon.max_clients)
+                else AddressLimiters(anon.rpm, anon.tpm, anon.max_clients, shared)
             )
 
     @classmethod
     async def build(
-        cls, config: MixrouteConfig, config_path: Path | None, previous: AccessControl | None
+        cls,
+        config: MixrouteConfig,
+        config_path: Path | None,
+        previous: AccessControl | None,
+        shared: SharedBuckets | None = None,
     ) -> AccessControl:
         """Reads ``access.keys_file`` (off the loop) and checks its keys like the config's."""
         settings = config.access
@@ -195,7 +201,7 @@ class AccessControl:
             else:
                 gate.configure(limit, queue, timeout)
             gates[model] = gate
-        return cls(settings, keys, aliases, gates, previous)
+        return cls(settings, keys, aliases, gates, previous, shared)
 
     @property
     def key_count(self) -> int:

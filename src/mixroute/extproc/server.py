@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mixroute.access.shared import SHARED_BUCKET_SLOTS, SharedBuckets
 from mixroute.config.loader import ConfigError, load_config_file
 from mixroute.config.schema import MixrouteConfig
 
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         set_destination=args.destination_endpoint,
         reuse_port=args.workers > 1,
         http_port=args.http_port,
+        shared_buckets=SharedBuckets(SHARED_BUCKET_SLOTS) if args.workers > 1 else None,
     )
     if args.workers <= 1:
         _run_worker(config, args.config, options)
@@ -122,6 +124,7 @@ class ServeOptions:
     set_destination: bool = False  # send the balancer's pick in x-gateway-destination-endpoint
     reuse_port: bool = False
     http_port: int | None = None  # /health, /ready, /metrics
+    shared_buckets: SharedBuckets | None = None  # the workers' rate limits (access/shared.py)
 
 
 def _write_envoy_config(args: argparse.Namespace, config: MixrouteConfig) -> None:
@@ -177,7 +180,7 @@ async def serve(
     from mixroute.extproc.processor import ExtProcessor
     from mixroute.gateway import Gateway
 
-    gateway = Gateway(config, config_path)
+    gateway = Gateway(config, config_path, shared_buckets=options.shared_buckets)
     await gateway.start()
     server: Any = None
     probes: web.AppRunner | None = None

@@ -1,0 +1,106 @@
+"""Token buckets shared by the worker processes of one ``mixroute serve --workers N``.
+
+A key's ``rpm`` must mean requests per minute for the gateway, not per worker: with the
+buckets in each process a key got N times its limit (the kernel spreads connections over the
+workers). The supervisor makes one ``SharedBuckets`` before it forks; every worker then keeps
+its buckets' levels in the same shared memory.
+
+The store is a fixed open-addressing table of (tag, level, stamp) records in anonymous
+shared memory, behind one process-shared lock. A bucket is found by its tag (a hash of the
+key's identity, the bucket kind and its limit, so a reload that keeps a key's limits keeps
+its level, in every worker); a bucket not found within ``PROBES`` slots replaces the least
+recently used of them, which then starts again full, as a forgotten anonymous client does in
+one process. ``time.monotonic`` is the system's monotonic clock, the same in every process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import multiprocessing
+from multiprocessing.sharedctypes import RawArray
+from typing import Any
+
+PROBES = 16
+# 32768 records of 24 bytes (768 KiB): room for every key's two buckets and many anonymous
+# client addresses; beyond that the least recently used bucket in a probe window is reused.
+SHARED_BUCKET_SLOTS = 1 << 15
+
+
+class _Record(ctypes.Structure):
+    _fields_ = (("tag", ctypes.c_uint64), ("level", ctypes.c_double), ("stamp", ctypes.c_double))
+
+
+def bucket_tag(*parts: object) -> int:
+    """A non-zero 64-bit tag for a bucket's identity (0 marks a free slot)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+class SharedBuckets:
+    """Bucket levels in memory shared across forked workers."""
+
+    def __init__(self, slots: int) -> None:
+        self._records: Any = RawArray(_Record, slots)
+        self._slots = slots
+        self._lock = multiprocessing.get_context("fork").Lock()
+
+    def bucket(self, tag: int, per_minute: int) -> SharedBucket:
+        return SharedBucket(self, tag, per_minute)
+
+    def update(self, tag: int, capacity: float, rate: float, now: float, change: Any) -> float:
+        """Refill the bucket ``tag`` to ``now``, apply ``change(level) -> (new level, result)``
+        under the lock, and return the result."""
+        with self._lock:
+            record = self._find(tag, capacity, now)
+            level = record.level
+            if now > record.stamp:
+                level = min(capacity, level + (now - record.stamp) * rate)
+                record.stamp = now
+            record.level, result = change(level)
+            return float(result)
+
+    def _find(self, tag: int, capacity: float, now: float) -> Any:
+        records = self._records
+        start = tag % self._slots
+        oldest = None
+        for step in range(min(PROBES, self._slots)):
+            record = records[(start + step) % self._slots]
+            if record.tag == tag:
+                return record
+            if record.tag == 0:
+                oldest = record
+                break
+            if oldest is None or record.stamp < oldest.stamp:
+                oldest = record
+        assert oldest is not None
+        oldest.tag, oldest.level, oldest.stamp = tag, capacity, now
+        return oldest
+
+
+class SharedBucket:
+    """``TokenBucket``'s interface over one record of a ``SharedBuckets``."""
+
+    __slots__ = ("_store", "_tag", "capacity", "rate")
+
+    def __init__(self, store: SharedBuckets, tag: int, per_minute: int) -> None:
+        self._store = store
+        self._tag = tag
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+
+    def try_take(self, amount: float, now: float) -> float:
+        needed = min(amount, self.capacity)
+
+        def change(level: float) -> tuple[float, float]:
+            if level >= needed:
+                return level - amount, 0.0
+            return level, (needed - level) / self.rate
+
+        return self._store.update(self._tag, self.capacity, self.rate, now, change)
+
+    def take(self, amount: float, now: float) -> None:
+        self._store.update(self._tag, self.capacity, self.rate, now, lambda lv: (lv - amount, 0))
+
+    def level(self, now: float) -> float:
+        return self._store.update(self._tag, self.capacity, self.rate, now, lambda lv: (lv, lv))
