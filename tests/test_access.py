@@ -457,3 +457,20 @@ def test_shared_buckets_are_one_bucket_across_a_fork_and_stay_bounded() -> None:
     for index in range(8):
         store.bucket(bucket_tag("other", index), 60).take(5, now + 1 + index)
     assert bucket.level(now + 20) == 60
+
+
+def test_a_stuck_shared_lock_stops_limiting_instead_of_stopping_the_gateway(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mixroute.access import shared
+
+    monkeypatch.setattr(shared, "LOCK_TIMEOUT_S", 0.05)
+    store = SharedBuckets(8)
+    bucket = store.bucket(bucket_tag("key", "requests", 1), 1)
+    now = time.monotonic()
+    assert bucket.try_take(1, now) == 0
+    assert bucket.try_take(1, now) > 0  # one a minute: the second waits
+    store._lock.acquire()  # as a worker killed inside the lock leaves it
+    with caplog.at_level(logging.ERROR, logger="mixroute.access.shared"):
+        assert bucket.try_take(1, now) == 0
+    assert "lock is stuck" in caplog.text

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import multiprocessing
 from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 PROBES = 16
+LOCK_TIMEOUT_S = 1.0
 # 32768 records of 24 bytes (768 KiB): room for every key's two buckets and many anonymous
 # client addresses; beyond that the least recently used bucket in a probe window is reused.
 SHARED_BUCKET_SLOTS = 1 << 15
@@ -44,14 +48,27 @@ class SharedBuckets:
         self._records: Any = RawArray(_Record, slots)
         self._slots = slots
         self._lock = multiprocessing.get_context("fork").Lock()
+        self._stuck = False
 
     def bucket(self, tag: int, per_minute: int) -> SharedBucket:
         return SharedBucket(self, tag, per_minute)
 
     def update(self, tag: int, capacity: float, rate: float, now: float, change: Any) -> float:
         """Refill the bucket ``tag`` to ``now``, apply ``change(level) -> (new level, result)``
-        under the lock, and return the result."""
-        with self._lock:
+        under the lock, and return the result.
+
+        The lock is held for microseconds; a worker killed inside it (SIGKILL, the OOM
+        killer) would leave it taken for good. Rather than stop every worker, the limits then
+        stop limiting (result 0: admitted), and the log says so."""
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+            if not self._stuck:
+                self._stuck = True
+                log.error(
+                    "the workers' shared rate-limit lock is stuck (a worker died holding it?): "
+                    "rate limits are not enforced until the gateway restarts"
+                )
+            return 0.0
+        try:
             record = self._find(tag, capacity, now)
             level = record.level
             if now > record.stamp:
@@ -59,6 +76,8 @@ class SharedBuckets:
                 record.stamp = now
             record.level, result = change(level)
             return float(result)
+        finally:
+            self._lock.release()
 
     def _find(self, tag: int, capacity: float, now: float) -> Any:
         records = self._records
