@@ -193,6 +193,35 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def start_workers(config_path: Path, workers: int = 2) -> tuple[subprocess.Popen[bytes], str]:
+    """``mixroute serve --workers N`` on a free port (the workers share it, so it cannot be
+    0); returns the supervisor process and the base URL, once it is ready."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mixroute.cli",
+            "serve",
+            "--config",
+            str(config_path),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_status(url + "/ready", 200, timeout=60)
+    except TimeoutError:
+        process.kill()
+        raise
+    return process, url
+
+
 def start_gateway_process(config_path: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``mixroute serve`` on a port the kernel picks (no race for a free port); returns the
     process and its base URL, read from its log, once it listens."""

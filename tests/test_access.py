@@ -7,8 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from helpers import (
     endpoint,
     free_port,
     start_gateway,
-    wait_for_status,
+    start_workers,
 )
 from mixroute.access.keys import hash_key
 from mixroute.access.service import AccessControl
@@ -403,16 +401,8 @@ async def test_limits_hold_for_the_gateway_not_per_worker(
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    argv = ["serve", "--config", str(path), "--port", str(port), "--workers", "2"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mixroute.cli", *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process, url = await asyncio.to_thread(start_workers, path)
     try:
-        await asyncio.to_thread(wait_for_status, url + "/ready", 200)
         statuses: list[int] = []
         remaining: list[int] = []
         workers: set[str] = set()

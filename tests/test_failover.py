@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,9 +16,8 @@ from helpers import (
     Sim,
     SimPool,
     config_for,
-    free_port,
     start_gateway,
-    wait_for_status,
+    start_workers,
 )
 
 CHAT = {"model": "alpha", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
@@ -163,25 +160,8 @@ async def test_session_affinity_holds_across_workers(shared_sims: SimPool, tmp_p
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mixroute.cli",
-            "serve",
-            "--config",
-            str(path),
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, url = await asyncio.to_thread(start_workers, path)
     try:
-        wait_for_status(f"http://127.0.0.1:{port}/ready", 200, timeout=30)
         owners: dict[str, set[str]] = defaultdict(set)
         workers: set[str] = set()
         for round_ in range(6):
@@ -190,7 +170,7 @@ async def test_session_affinity_holds_across_workers(shared_sims: SimPool, tmp_p
                 async with (
                     aiohttp.ClientSession(connector=connector) as session,
                     session.post(
-                        f"http://127.0.0.1:{port}/v1/chat/completions",
+                        f"{url}/v1/chat/completions",
                         json=CHAT,
                         headers={"x-user-id": f"user-{user}", "x-mixroute-debug": "1"},
                     ) as response,

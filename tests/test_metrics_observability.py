@@ -12,10 +12,19 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+import yaml
 from prometheus_client import Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import ROOT, RunningGateway, SimPool, config_for, start_gateway
+from helpers import (
+    ROOT,
+    RunningGateway,
+    SimPool,
+    config_for,
+    endpoint,
+    start_gateway,
+    start_workers,
+)
 from mixroute.context import RequestContext
 from mixroute.observability.metrics import Metrics
 from mixroute.observability.recorder import error_code
@@ -204,3 +213,47 @@ async def test_token_timing_values_and_a_client_that_leaves(
     assert value(samples, "mixroute_request_errors_total") == 1
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mixroute.requests"]
     assert [line["error"] for line in lines] == [None, "client_closed"]
+
+
+async def test_one_scrape_counts_every_worker(shared_sims: SimPool, tmp_path: Path) -> None:
+    """``serve --workers 2`` shares one port: whichever worker a scrape lands on answers with
+    both workers' series (label ``worker``), so the totals are the gateway's."""
+    alpha = [s for s in shared_sims.sims if s.model == "alpha"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"endpoints": [endpoint(s) for s in alpha]}))
+    process, url = await asyncio.to_thread(start_workers, path)
+    try:
+        body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        served_by: set[str] = set()
+        for _ in range(16):  # a new connection each time: either worker may take it
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as http,
+                http.post(
+                    url + "/v1/chat/completions", json=body, headers={"x-mixroute-debug": "1"}
+                ) as response,
+            ):
+                assert response.status == 200
+                served_by.add(response.headers["x-mixroute-worker"])
+        assert len(served_by) == 2
+        for _ in range(6):
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as http,
+                http.get(url + "/metrics") as response,
+            ):
+                text = await response.text()
+            samples = [
+                (s.name, s.labels, s.value)
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            ]
+            requests = [
+                (labels, v) for name, labels, v in samples if name == "mixroute_requests_total"
+            ]
+            assert {labels["worker"] for labels, _ in requests} == {"0", "1"}
+            assert sum(v for _, v in requests) == 16
+            assert value(samples, "mixroute_workers_answering") == 2
+    finally:
+        process.terminate()
+        assert await asyncio.to_thread(process.wait, 20) == 0

@@ -26,6 +26,7 @@ from mixroute.observability.logs import RequestLogger
 from mixroute.observability.metrics import Metrics
 from mixroute.observability.recorder import RequestRecorder
 from mixroute.observability.tracing import NO_TRACING, Tracing, build_tracing
+from mixroute.observability.workers import WorkerSet
 from mixroute.proxy.forward import Forwarder
 from mixroute.runtime import Runtime
 from mixroute.semantic.assets import SemanticAssets, load_assets
@@ -70,6 +71,8 @@ class Gateway:
         # Set on SIGTERM/SIGINT (server.drain): /ready answers 503 so that load balancers
         # stop sending while the requests in flight finish.
         self.draining = False
+        # With --workers N: this worker's siblings, for the one /metrics of all of them.
+        self.workers: WorkerSet | None = None
         # Keys, rate-limit buckets and admission gates: rebuilt on every reload from the
         # previous one, so unchanged keys keep their windows (access/service.py).
         self._shared_buckets = shared_buckets

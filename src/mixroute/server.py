@@ -1,7 +1,9 @@
 """Run the gateway: one process, or N worker processes sharing a port with SO_REUSEPORT.
 
 Workers are forked before any event loop exists, so each builds its own loop, session,
-runtime and metrics. What that means for routing state is in docs/architecture.md.
+runtime and metrics. What that means for routing state is in docs/architecture.md. Two
+things cross the process line: the rate-limit buckets (shared memory, access/shared.py) and
+``/metrics``, which any worker answers for all of them (observability/workers.py).
 
 Shutdown (SIGTERM, SIGINT) drains: the listening socket is closed at once (new connections
 are refused), idle keep-alive connections are closed, ``/ready`` answers 503, and requests
@@ -19,15 +21,19 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
 from mixroute.access.shared import SHARED_BUCKET_SLOTS, SharedBuckets
 from mixroute.api.app import build_app
+from mixroute.api.ops import local_metrics
 from mixroute.config.schema import MixrouteConfig
 from mixroute.gateway import Gateway
+from mixroute.observability.workers import WorkerSet
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +54,10 @@ def run_server(
         _run_worker(config, config_path, host, port, reuse_port=False)
         return 0
     shared = SharedBuckets(SHARED_BUCKET_SLOTS)  # before the fork: every worker maps it
+    sockets = Path(tempfile.mkdtemp(prefix="mixroute-workers-"))  # the workers' /metrics
     children: list[int] = []
-    for _ in range(workers):
+    for index in range(workers):
+        siblings = WorkerSet(index, workers, sockets)
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -57,14 +65,25 @@ def run_server(
                 # Ctrl-C reaches the whole process group; the supervisor forwards it as
                 # SIGTERM, so a worker that also acted on it would count two signals (a cut).
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-                _run_worker(config, config_path, host, port, reuse_port=True, shared=shared)
+                _run_worker(
+                    config,
+                    config_path,
+                    host,
+                    port,
+                    reuse_port=True,
+                    shared=shared,
+                    siblings=siblings,
+                )
             except BaseException:
                 log.exception("worker failed")
                 code = 1
             finally:
                 os._exit(code)
         children.append(pid)
-    return supervise(children)
+    try:
+        return supervise(children)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def supervise(children: list[int]) -> int:
@@ -100,6 +119,7 @@ def _run_worker(
     *,
     reuse_port: bool,
     shared: SharedBuckets | None = None,
+    siblings: WorkerSet | None = None,
 ) -> None:
     signals = (signal.SIGTERM,) if reuse_port else (signal.SIGINT, signal.SIGTERM)
     serve = serve_until_stopped(
@@ -110,6 +130,7 @@ def _run_worker(
         reuse_port=reuse_port,
         signals=signals,
         shared_buckets=shared,
+        siblings=siblings,
     )
     try:
         import uvloop
@@ -144,9 +165,11 @@ async def serve_until_stopped(
     stop: asyncio.Event | None = None,
     signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
     shared_buckets: SharedBuckets | None = None,
+    siblings: WorkerSet | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or one of ``signals`` arrives), then drain and exit."""
     gateway = Gateway(config, config_path, shared_buckets=shared_buckets)
+    gateway.workers = siblings
     runner = web.AppRunner(
         build_app(gateway),
         handler_cancellation=True,
@@ -154,6 +177,8 @@ async def serve_until_stopped(
         shutdown_timeout=CUT_GRACE_S,
     )
     await runner.setup()
+    if siblings is not None:
+        await siblings.serve(lambda: local_metrics(gateway))
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
     server = site._server  # the bound port, which differs from ``port`` when that was 0
@@ -178,6 +203,8 @@ async def serve_until_stopped(
         await drain(runner, gateway, config.server.drain_s, cut)
     finally:
         await runner.cleanup()
+        if siblings is not None:
+            await siblings.close()
         for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)

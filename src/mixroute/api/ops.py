@@ -10,6 +10,7 @@ from aiohttp import web
 
 from mixroute.api.keys import GATEWAY
 from mixroute.balancer.endpoint import Endpoint
+from mixroute.gateway import Gateway
 from mixroute.observability.metrics import Metrics
 
 
@@ -36,12 +37,19 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
+    body = await local_metrics(gateway)
+    if gateway.workers is not None:  # --workers N: every worker's series (observability/workers.py)
+        body = await gateway.workers.gather(body)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def local_metrics(gateway: Gateway) -> bytes:
+    """This process's metrics, its gauges refreshed; rendered off the event loop."""
     _refresh_endpoint_gauges(gateway.metrics, gateway.runtime.registry.all())
     gateway.metrics.prefix_index_blocks.set(len(gateway.runtime.prefix_index))
     # Refreshed here too: TTL and LRU evictions change the count without a store.
     gateway.metrics.cache_entries.set(gateway.cache.size() if gateway.cache is not None else 0)
-    body = await asyncio.get_running_loop().run_in_executor(None, gateway.metrics.render)
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+    return await asyncio.get_running_loop().run_in_executor(None, gateway.metrics.render)
 
 
 def _refresh_endpoint_gauges(metrics: Metrics, endpoints: Iterable[Endpoint]) -> None:

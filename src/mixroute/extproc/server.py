@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from mixroute.access.shared import SHARED_BUCKET_SLOTS, SharedBuckets
 from mixroute.config.loader import ConfigError, load_config_file
 from mixroute.config.schema import MixrouteConfig
+from mixroute.observability.workers import WorkerSet
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep that cheap
     from aiohttp import web
@@ -101,20 +105,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from mixroute.server import supervise
 
+    sockets = Path(tempfile.mkdtemp(prefix="mixroute-extproc-workers-"))  # one /metrics
     children: list[int] = []
-    for _ in range(args.workers):
+    for index in range(args.workers):
+        siblings = WorkerSet(index, args.workers, sockets)
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                _run_worker(config, args.config, options)
+                _run_worker(config, args.config, dataclasses.replace(options, siblings=siblings))
             except BaseException:
                 log.exception("extproc worker failed")
                 code = 1
             finally:
                 os._exit(code)
         children.append(pid)
-    return supervise(children)
+    try:
+        return supervise(children)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,7 @@ class ServeOptions:
     reuse_port: bool = False
     http_port: int | None = None  # /health, /ready, /metrics
     shared_buckets: SharedBuckets | None = None  # the workers' rate limits (access/shared.py)
+    siblings: WorkerSet | None = None  # with --workers: one /metrics for all of them
 
 
 def _write_envoy_config(args: argparse.Namespace, config: MixrouteConfig) -> None:
@@ -176,6 +186,7 @@ async def serve(
     import grpc
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
+    from mixroute.api.ops import local_metrics
     from mixroute.extproc.pipeline import RequestPipeline
     from mixroute.extproc.processor import ExtProcessor
     from mixroute.gateway import Gateway
@@ -187,6 +198,9 @@ async def serve(
     try:
         await _warm_up(gateway)
         if options.http_port is not None:
+            if options.siblings is not None:
+                gateway.workers = options.siblings
+                await options.siblings.serve(lambda: local_metrics(gateway))
             probes = await _serve_probes(gateway, options)
         limit = config.server.max_body_bytes + 1024 * 1024
         server = grpc.aio.server(
@@ -217,6 +231,8 @@ async def serve(
             await server.stop(grace=2.0)
         if probes is not None:
             await probes.cleanup()
+        if gateway.workers is not None:
+            await gateway.workers.close()
         await gateway.stop()
         log.info("mixroute extproc stopped")
 
