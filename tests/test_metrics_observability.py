@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -22,8 +24,10 @@ from helpers import (
     SimPool,
     config_for,
     endpoint,
+    free_port,
     start_gateway,
     start_workers,
+    wait_for_status,
 )
 from mixroute.context import RequestContext
 from mixroute.observability.metrics import Metrics
@@ -254,6 +258,42 @@ async def test_one_scrape_counts_every_worker(shared_sims: SimPool, tmp_path: Pa
             assert {labels["worker"] for labels, _ in requests} == {"0", "1"}
             assert sum(v for _, v in requests) == 16
             assert value(samples, "mixroute_workers_answering") == 2
+    finally:
+        process.terminate()
+        assert await asyncio.to_thread(process.wait, 20) == 0
+
+
+async def test_one_processor_scrape_counts_every_extproc_worker(
+    shared_sims: SimPool, tmp_path: Path
+) -> None:
+    """The same for ``mixroute extproc --workers 2 --http-port``: one scrape, both workers."""
+    alpha = [s for s in shared_sims.sims if s.model == "alpha"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"endpoints": [endpoint(s) for s in alpha]}))
+    grpc_port, http_port = free_port(), free_port()
+    argv = ["--config", str(path), "--port", str(grpc_port), "--workers", "2"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mixroute.extproc", *argv, "--http-port", str(http_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        await asyncio.to_thread(wait_for_status, url + "/ready", 200, 60)
+        for _ in range(4):
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as http,
+                http.get(url + "/metrics") as response,
+            ):
+                text = await response.text()
+            workers = {
+                s.labels.get("worker")
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "mixroute_endpoint_available"
+            }
+            assert workers == {"0", "1"}, text[:2000]
     finally:
         process.terminate()
         assert await asyncio.to_thread(process.wait, 20) == 0
