@@ -193,23 +193,18 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def serve_argv(config_path: Path, port: int, *extra: str) -> list[str]:
+    """The command line of ``mixroute serve`` with a config file."""
+    cli = [sys.executable, "-m", "mixroute.cli", "serve"]
+    return [*cli, "--config", str(config_path), "--port", str(port), *extra]
+
+
 def start_workers(config_path: Path, workers: int = 2) -> tuple[subprocess.Popen[bytes], str]:
     """``mixroute serve --workers N`` on a free port (the workers share it, so it cannot be
     0); returns the supervisor process and the base URL, once it is ready."""
     port = free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mixroute.cli",
-            "serve",
-            "--config",
-            str(config_path),
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
+        serve_argv(config_path, port, "--workers", str(workers)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -227,16 +222,7 @@ def start_gateway_process(config_path: Path, log_path: Path) -> tuple[subprocess
     process and its base URL, read from its log, once it listens."""
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mixroute.cli",
-            "serve",
-            "--config",
-            str(config_path),
-            "--port",
-            "0",
-        ],
+        serve_argv(config_path, 0),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -212,6 +212,16 @@ def test_the_tenant_comes_from_the_key(envoys: Topology) -> None:
     assert other.headers["x-mixroute-cache"] == "miss"
 
 
+def stream_alpha(api: openai.OpenAI, max_tokens: int) -> Any:
+    return api.chat.completions.create(
+        model="alpha",
+        messages=[{"role": "user", "content": "stream it"}],
+        max_tokens=max_tokens,
+        stream=True,
+        extra_headers={"x-mixroute-cache-control": "no-cache"},
+    )
+
+
 def test_admission_limit_holds_the_slot_until_the_answer_ends(envoys: Topology) -> None:
     api = sdk(envoys, KEY_B)
     no_cache = {"x-mixroute-cache-control": "no-cache"}
@@ -234,23 +244,10 @@ def test_admission_limit_holds_the_slot_until_the_answer_ends(envoys: Topology) 
         worker.join(20)
     assert not isinstance(outcome[0], Exception), outcome
     # A whole stream passes, then the slot is free again.
-    stream = api.chat.completions.create(
-        model="alpha",
-        messages=[{"role": "user", "content": "stream it"}],
-        max_tokens=8,
-        stream=True,
-        extra_headers=no_cache,
-    )
-    assert len(list(stream)) >= 8
+    assert len(list(stream_alpha(api, 8))) >= 8
     assert chat(api, "alpha", extra_headers=no_cache).headers["x-mixroute-model"] == "alpha"
     # A client that hangs up mid-stream gives the slot back too.
-    stream = api.chat.completions.create(
-        model="alpha",
-        messages=[{"role": "user", "content": "a long one"}],
-        max_tokens=400,
-        stream=True,
-        extra_headers=no_cache,
-    )
+    stream = stream_alpha(api, 400)
     next(iter(stream))
     stream.close()
     for _ in range(50):

@@ -241,12 +241,7 @@ async def test_one_scrape_counts_every_worker(shared_sims: SimPool, tmp_path: Pa
                 served_by.add(response.headers["x-mixroute-worker"])
         assert len(served_by) == 2
         for _ in range(6):
-            connector = aiohttp.TCPConnector(force_close=True)
-            async with (
-                aiohttp.ClientSession(connector=connector) as http,
-                http.get(url + "/metrics") as response,
-            ):
-                text = await response.text()
+            text = await get_on_a_new_connection(url + "/metrics")
             samples = [
                 (s.name, s.labels, s.value)
                 for family in text_string_to_metric_families(text)
@@ -281,12 +276,7 @@ async def test_one_processor_scrape_counts_every_extproc_worker(
     try:
         await asyncio.to_thread(wait_for_status, url + "/ready", 200, 60)
         for _ in range(4):
-            connector = aiohttp.TCPConnector(force_close=True)
-            async with (
-                aiohttp.ClientSession(connector=connector) as http,
-                http.get(url + "/metrics") as response,
-            ):
-                text = await response.text()
+            text = await get_on_a_new_connection(url + "/metrics")
             workers = {
                 s.labels.get("worker")
                 for family in text_string_to_metric_families(text)
@@ -297,3 +287,10 @@ async def test_one_processor_scrape_counts_every_extproc_worker(
     finally:
         process.terminate()
         assert await asyncio.to_thread(process.wait, 20) == 0
+
+
+async def get_on_a_new_connection(url: str) -> str:
+    """A GET on a connection of its own: with workers sharing a port, any may answer."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(url) as response:
+        return await response.text()
