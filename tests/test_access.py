@@ -464,3 +464,6 @@ def test_a_stuck_shared_lock_stops_limiting_instead_of_stopping_the_gateway(
     with caplog.at_level(logging.ERROR, logger="mixroute.access.shared"):
         assert bucket.try_take(1, now) == 0
     assert "lock is stuck" in caplog.text
+    started = time.monotonic()  # found out once: later requests do not wait for it again
+    assert all(bucket.try_take(1, now) == 0 for _ in range(100))
+    assert time.monotonic() - started < 0.05

@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import logging
 import multiprocessing
+from collections.abc import Callable
 from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
@@ -53,16 +54,23 @@ class SharedBuckets:
     def bucket(self, tag: int, per_minute: int) -> SharedBucket:
         return SharedBucket(self, tag, per_minute)
 
-    def update(self, tag: int, capacity: float, rate: float, now: float, change: Any) -> float:
+    def update(
+        self,
+        tag: int,
+        capacity: float,
+        rate: float,
+        now: float,
+        change: Callable[[float], tuple[float, float]],
+    ) -> float:
         """Refill the bucket ``tag`` to ``now``, apply ``change(level) -> (new level, result)``
         under the lock, and return the result.
 
         The lock is held for microseconds; a worker killed inside it (SIGKILL, the OOM
         killer) would leave it taken for good. Rather than stop every worker, the limits then
-        stop limiting (result 0: admitted), and the log says so."""
-        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+        stop limiting (result 0: admitted), and the log says so; later calls do not wait."""
+        if self._stuck or not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
             if not self._stuck:
-                self._stuck = True
+                self._stuck = True  # in this worker: each worker finds out once
                 log.error(
                     "the workers' shared rate-limit lock is stuck (a worker died holding it?): "
                     "rate limits are not enforced until the gateway restarts"
@@ -119,7 +127,7 @@ class SharedBucket:
         return self._store.update(self._tag, self.capacity, self.rate, now, change)
 
     def take(self, amount: float, now: float) -> None:
-        self._store.update(self._tag, self.capacity, self.rate, now, lambda lv: (lv - amount, 0))
+        self._store.update(self._tag, self.capacity, self.rate, now, lambda lv: (lv - amount, 0.0))
 
     def level(self, now: float) -> float:
         return self._store.update(self._tag, self.capacity, self.rate, now, lambda lv: (lv, lv))
