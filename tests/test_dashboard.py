@@ -3,6 +3,7 @@ the page itself in a real headless Chromium (Playwright), behind the admin key."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -19,8 +20,10 @@ from helpers import (
     RunningGateway,
     SimPool,
     config_for,
+    endpoint,
     start_gateway,
     start_gateway_process,
+    start_workers,
     wait_for_status,
 )
 from mixroute.dashboard.redact import MASK, redact_config
@@ -119,6 +122,45 @@ async def test_feed_and_state_show_a_request(
         assert state["window"]["routes"] == {"default": 1}
         assert state["totals"]["endpoints"] == 4 and state["totals"]["available"] == 4
         assert sum(p["requests"] for p in state["window"]["series"]["points"]) == 1
+
+
+async def test_one_feed_and_state_for_all_workers(shared_sims: SimPool, tmp_path: Path) -> None:
+    """``serve --workers 2``: whichever worker a poll lands on shows both workers' requests,
+    numbered in one sequence, and sums both workers' endpoint load."""
+    alpha = [s for s in shared_sims.sims if s.model == "alpha"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"endpoints": [endpoint(s) for s in alpha]}))
+    process, url = await asyncio.to_thread(start_workers, path)
+    try:
+        body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        sent: dict[str, str] = {}  # request id -> the worker that answered it
+        for _ in range(12):
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as http,
+                http.post(
+                    url + "/v1/chat/completions", json=body, headers={"x-mixroute-debug": "1"}
+                ) as response,
+            ):
+                assert response.status == 200
+                sent[response.headers["x-request-id"]] = response.headers["x-mixroute-worker"]
+        assert len(set(sent.values())) == 2
+        for _ in range(4):  # new connections: polls land on either worker
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as http:
+                status, feed, _ = await _get(http, url + "/api/v1/dashboard/feed?after=0&limit=500")
+                assert status == 200
+                assert {r["request_id"] for r in feed["records"]} == set(sent)
+                assert [r["seq"] for r in feed["records"]] == list(range(1, 13))
+                assert feed["latest_seq"] == 12
+                status, later, _ = await _get(http, url + "/api/v1/dashboard/feed?after=9")
+                assert [r["seq"] for r in later["records"]] == [10, 11, 12]
+                status, state, _ = await _get(http, url + "/api/v1/dashboard/state")
+                assert state["totals"]["requests"] == 12
+                assert state["window"]["total"]["requests"] == 12
+    finally:
+        process.terminate()
+        assert await asyncio.to_thread(process.wait, 20) == 0
 
 
 async def test_bad_feed_parameters_are_clean_400s(

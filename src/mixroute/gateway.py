@@ -45,15 +45,18 @@ class Gateway:
         config_path: Path | None = None,
         span_processor: SpanProcessor | None = None,
         shared_buckets: SharedBuckets | None = None,
+        workers: WorkerSet | None = None,
     ) -> None:
         """``span_processor`` replaces the OTLP exporter of tracing (tests record in memory);
-        ``shared_buckets``: the rate-limit levels shared with the other ``--workers``."""
+        ``shared_buckets`` and ``workers``: what this worker shares with the other
+        ``--workers`` (rate-limit levels; the sockets and sequence of one /metrics and one
+        dashboard, observability/workers.py)."""
         self.tracing: Tracing = NO_TRACING
         self._span_processor = span_processor
         self.metrics = Metrics()
         self.recorder = RequestRecorder(
             self.metrics,
-            DecisionFeed(),
+            DecisionFeed(sequence=workers.sequence.next if workers is not None else None),
             RequestLogger(lambda: self.runtime.config.observability.logs),
         )
         self._initial_config = config
@@ -71,8 +74,7 @@ class Gateway:
         # Set on SIGTERM/SIGINT (server.drain): /ready answers 503 so that load balancers
         # stop sending while the requests in flight finish.
         self.draining = False
-        # With --workers N: this worker's siblings, for the one /metrics of all of them.
-        self.workers: WorkerSet | None = None
+        self.workers = workers
         # Keys, rate-limit buckets and admission gates: rebuilt on every reload from the
         # previous one, so unchanged keys keep their windows (access/service.py).
         self._shared_buckets = shared_buckets

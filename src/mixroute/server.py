@@ -29,11 +29,10 @@ from pathlib import Path
 from aiohttp import web
 
 from mixroute.access.shared import SHARED_BUCKET_SLOTS, SharedBuckets
-from mixroute.api.app import build_app
-from mixroute.api.ops import local_metrics
+from mixroute.api.app import build_app, build_sibling_app
 from mixroute.config.schema import MixrouteConfig
 from mixroute.gateway import Gateway
-from mixroute.observability.workers import WorkerSet
+from mixroute.observability.workers import SharedSequence, WorkerSet
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +53,11 @@ def run_server(
         _run_worker(config, config_path, host, port, reuse_port=False)
         return 0
     shared = SharedBuckets(SHARED_BUCKET_SLOTS)  # before the fork: every worker maps it
-    sockets = Path(tempfile.mkdtemp(prefix="mixroute-workers-"))  # the workers' /metrics
+    sockets = Path(tempfile.mkdtemp(prefix="mixroute-workers-"))  # observability/workers.py
+    sequence = SharedSequence()
     children: list[int] = []
     for index in range(workers):
-        siblings = WorkerSet(index, workers, sockets)
+        siblings = WorkerSet(index, workers, sockets, sequence)
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -168,8 +168,7 @@ async def serve_until_stopped(
     siblings: WorkerSet | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or one of ``signals`` arrives), then drain and exit."""
-    gateway = Gateway(config, config_path, shared_buckets=shared_buckets)
-    gateway.workers = siblings
+    gateway = Gateway(config, config_path, shared_buckets=shared_buckets, workers=siblings)
     runner = web.AppRunner(
         build_app(gateway),
         handler_cancellation=True,
@@ -178,7 +177,7 @@ async def serve_until_stopped(
     )
     await runner.setup()
     if siblings is not None:
-        await siblings.serve(lambda: local_metrics(gateway))
+        await siblings.serve(build_sibling_app(gateway))
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
     server = site._server  # the bound port, which differs from ``port`` when that was 0

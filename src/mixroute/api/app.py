@@ -12,6 +12,7 @@ from mixroute import headers as h
 from mixroute.api import classify, openai, ops, spec
 from mixroute.api.keys import GATEWAY
 from mixroute.dashboard import add_dashboard_routes
+from mixroute.dashboard import handlers as dashboard_handlers
 from mixroute.errors import GatewayError, rejection_reason
 from mixroute.gateway import Gateway
 
@@ -96,4 +97,15 @@ def build_app(gateway: Gateway) -> web.Application:
     router.add_post("/api/v1/classify/security", classify.classify_security)
     router.add_post("/api/v1/route", classify.route_dry_run)
     add_dashboard_routes(router)
+    return app
+
+
+def build_sibling_app(gateway: Gateway) -> web.Application:
+    """What a worker answers its sibling workers on its unix socket (observability/
+    workers.py): its own metrics, feed and endpoint load, for the one view of all workers."""
+    app = web.Application(middlewares=[error_middleware])
+    app[GATEWAY] = gateway
+    app.router.add_get("/metrics", ops.own_metrics)
+    app.router.add_get("/feed", dashboard_handlers.own_feed)
+    app.router.add_get("/load", dashboard_handlers.own_load)
     return app

@@ -39,8 +39,13 @@ async def metrics(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     body = await local_metrics(gateway)
     if gateway.workers is not None:  # --workers N: every worker's series (observability/workers.py)
-        body = await gateway.workers.gather(body)
+        body = await gateway.workers.gather_metrics(body)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def own_metrics(request: web.Request) -> web.Response:
+    """For a sibling worker: this worker's metrics alone (its unix socket only)."""
+    return web.Response(body=await local_metrics(request.app[GATEWAY]))
 
 
 async def local_metrics(gateway: Gateway) -> bytes:

@@ -12,6 +12,7 @@ never as HTML.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -25,6 +26,8 @@ from mixroute.api.keys import GATEWAY
 from mixroute.dashboard.redact import redact_config
 from mixroute.dashboard.stats import window_stats
 from mixroute.errors import GatewayError, bad_request
+from mixroute.observability.feed import RequestRecord
+from mixroute.observability.workers import WorkerSet
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 ASSETS = {
@@ -112,22 +115,52 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 async def feed(request: web.Request) -> web.Response:
-    """Records newer than ``after`` (a seq the caller already has), oldest first."""
+    """Records newer than ``after`` (a seq the caller already has), oldest first; with
+    ``--workers N``, every worker's (observability/workers.py)."""
     _require_enabled(request)
     after = _int_param(request, "after", 0, 0, 10**18)
     limit = _int_param(request, "limit", DEFAULT_FEED_LIMIT, 1, MAX_FEED_LIMIT)
-    decisions = request.app[GATEWAY].recorder.feed
-    records = decisions.recent(after, limit)
-    newest = decisions.recent(0, 1)
+    gateway = request.app[GATEWAY]
+    decisions = gateway.recorder.feed
+    records = [r.to_dict() for r in decisions.recent(after, limit)]
+    workers = gateway.workers
+    if workers is None:
+        newest = decisions.recent(0, 1)
+        latest, worker = (newest[0].seq if newest else 0), os.getpid()
+    else:
+        # Numbered up to here means appended by now, in every worker: nothing numbered up to
+        # ``latest`` can turn up after the caller has moved past it.
+        latest, worker = workers.sequence.current(), workers.gateway_id
+        for body in (await workers.ask_others(f"/feed?after={after}&limit={limit}")).values():
+            records.extend(orjson.loads(body)["records"])
+        records = sorted((r for r in records if r["seq"] <= latest), key=lambda r: r["seq"])
+        records = records[-limit:]
     return _json(
         {
-            "records": [r.to_dict() for r in records],
+            "records": records,
             # A caller whose ``after`` is past this (the gateway restarted) starts over.
-            "latest_seq": newest[0].seq if newest else 0,
-            # Seqs count per process: with --workers N the caller keeps one position each.
-            "worker": os.getpid(),
+            "latest_seq": latest,
+            # Whose seqs these are: the process, or with --workers N the whole gateway.
+            "worker": worker,
         }
     )
+
+
+async def own_feed(request: web.Request) -> web.Response:
+    """For a sibling worker: this worker's records after ``after`` (its unix socket only)."""
+    after = _int_param(request, "after", 0, 0, 10**18)
+    limit = _int_param(request, "limit", DEFAULT_FEED_LIMIT, 1, MAX_FEED_LIMIT)
+    records = request.app[GATEWAY].recorder.feed.recent(after, limit)
+    return _json({"records": [r.to_dict() for r in records]})
+
+
+async def own_load(request: web.Request) -> web.Response:
+    """For a sibling worker: what this worker has sent each endpoint (its unix socket only)."""
+    endpoints = request.app[GATEWAY].runtime.registry.all()
+    return _json({e.name: {k: getattr(e.state, k) for k in _LOAD} for e in endpoints})
+
+
+_LOAD = ("in_flight", "requests", "failures")
 
 
 async def state(request: web.Request) -> web.Response:
@@ -137,8 +170,12 @@ async def state(request: web.Request) -> web.Response:
     runtime = gateway.runtime
     settings = runtime.config
     decisions = gateway.recorder.feed
+    records = decisions.recent(0, max(1, len(decisions)))
+    loads: dict[str, dict[str, int]] = {}  # the other workers' load per endpoint, summed
+    if gateway.workers is not None:
+        records, loads = await _siblings_view(gateway.workers, records)
     now = time.time()
-    window = window_stats(decisions.recent(0, max(1, len(decisions))), now, WINDOW_S, BUCKET_S)
+    window = window_stats(records, now, WINDOW_S, BUCKET_S)
     by_endpoint = window.pop("endpoints")
     by_model = window.pop("models")
     models = []
@@ -146,6 +183,8 @@ async def state(request: web.Request) -> web.Response:
         endpoints = []
         for endpoint in runtime.registry.for_model(name):
             described = endpoint.describe()
+            for key, value in loads.get(endpoint.name, {}).items():
+                described[key] = _as_int(described[key]) + value
             described["url"] = endpoint.url
             described["role"] = endpoint.config.role
             described["window"] = by_endpoint.get(endpoint.name)
@@ -163,7 +202,7 @@ async def state(request: web.Request) -> web.Response:
                 "window": by_model.get(name),
             }
         )
-    every = runtime.registry.all()
+    every = [e for m in models for e in m["endpoints"]]
     return _json(
         {
             "time": now,
@@ -182,11 +221,11 @@ async def state(request: web.Request) -> web.Response:
             "totals": {
                 "models": len(models),
                 "endpoints": len(every),
-                "available": sum(1 for e in every if e.is_available()),
-                "in_flight": sum(e.state.in_flight for e in every),
-                "requests": sum(e.state.requests for e in every),
-                "failures": sum(e.state.failures for e in every),
-                "records": decisions.recent(0, 1)[0].seq if len(decisions) else 0,
+                "available": sum(1 for e in every if e["available"]),
+                "in_flight": sum(_as_int(e["in_flight"]) for e in every),
+                "requests": sum(_as_int(e["requests"]) for e in every),
+                "failures": sum(_as_int(e["failures"]) for e in every),
+                "records": max((r.seq for r in records), default=0),
             },
             "models": models,
             "window": window,
@@ -196,6 +235,26 @@ async def state(request: web.Request) -> web.Response:
 
 def _as_int(value: object) -> int:
     return value if isinstance(value, int) else 0
+
+
+async def _siblings_view(
+    workers: WorkerSet, records: list[RequestRecord]
+) -> tuple[list[RequestRecord], dict[str, dict[str, int]]]:
+    """Every worker's recent records (for the traffic window) and the other workers' load
+    per endpoint (health and breakers stay this worker's view: each worker probes)."""
+    feeds, load_answers = await asyncio.gather(
+        workers.ask_others(f"/feed?after=0&limit={MAX_FEED_LIMIT}"), workers.ask_others("/load")
+    )
+    merged = list(records)
+    for body in feeds.values():
+        merged.extend(RequestRecord(**r) for r in orjson.loads(body)["records"])
+    loads: dict[str, dict[str, int]] = {}
+    for body in load_answers.values():
+        for name, load in orjson.loads(body).items():
+            into = loads.setdefault(name, dict.fromkeys(_LOAD, 0))
+            for key in _LOAD:
+                into[key] += int(load.get(key, 0))
+    return merged, loads
 
 
 async def config(request: web.Request) -> web.Response:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from mixroute.access.shared import SHARED_BUCKET_SLOTS, SharedBuckets
 from mixroute.config.loader import ConfigError, load_config_file
 from mixroute.config.schema import MixrouteConfig
-from mixroute.observability.workers import WorkerSet
+from mixroute.observability.workers import SharedSequence, WorkerSet
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep that cheap
     from aiohttp import web
@@ -106,9 +106,10 @@ def run(args: argparse.Namespace) -> int:
     from mixroute.server import supervise
 
     sockets = Path(tempfile.mkdtemp(prefix="mixroute-extproc-workers-"))  # one /metrics
+    sequence = SharedSequence()
     children: list[int] = []
     for index in range(args.workers):
-        siblings = WorkerSet(index, args.workers, sockets)
+        siblings = WorkerSet(index, args.workers, sockets, sequence)
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -186,12 +187,14 @@ async def serve(
     import grpc
     from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
-    from mixroute.api.ops import local_metrics
+    from mixroute.api.app import build_sibling_app
     from mixroute.extproc.pipeline import RequestPipeline
     from mixroute.extproc.processor import ExtProcessor
     from mixroute.gateway import Gateway
 
-    gateway = Gateway(config, config_path, shared_buckets=options.shared_buckets)
+    gateway = Gateway(
+        config, config_path, shared_buckets=options.shared_buckets, workers=options.siblings
+    )
     await gateway.start()
     server: Any = None
     probes: web.AppRunner | None = None
@@ -199,8 +202,7 @@ async def serve(
         await _warm_up(gateway)
         if options.http_port is not None:
             if options.siblings is not None:
-                gateway.workers = options.siblings
-                await options.siblings.serve(lambda: local_metrics(gateway))
+                await options.siblings.serve(build_sibling_app(gateway))
             probes = await _serve_probes(gateway, options)
         limit = config.server.max_body_bytes + 1024 * 1024
         server = grpc.aio.server(

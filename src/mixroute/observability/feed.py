@@ -8,6 +8,7 @@ timings only: never prompt text, answers or header values a client supplied.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,11 +42,16 @@ class RequestRecord:
 class DecisionFeed:
     """The last ``capacity`` request records, newest last; readers poll with ``after``."""
 
-    def __init__(self, capacity: int = 500) -> None:
+    def __init__(self, capacity: int = 500, sequence: Callable[[], int] | None = None) -> None:
+        """``sequence``: where the seqs come from when several workers number one feed
+        (observability/workers.py); by default this feed counts on its own."""
         self._records: deque[RequestRecord] = deque(maxlen=capacity)
         self._next_seq = 1
+        self._sequence = sequence
 
     def next_seq(self) -> int:
+        if self._sequence is not None:
+            return self._sequence()
         seq = self._next_seq
         self._next_seq += 1
         return seq
