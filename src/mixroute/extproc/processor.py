@@ -159,9 +159,7 @@ class Exchange:
         for item in message.headers.headers:
             key = item.key
             if key in _WANTED or key.startswith("x-mixroute-") or key in key_headers:
-                wanted[item.key] = (
-                    item.raw_value.decode("latin-1") if item.raw_value else item.value
-                )
+                wanted[key] = item.raw_value.decode("latin-1") if item.raw_value else item.value
         if key_headers and _ATTRIBUTES in attributes:
             self._remote = _host(attributes[_ATTRIBUTES].fields["source.address"].string_value)
         self._path = wanted.get(":path", "/")
