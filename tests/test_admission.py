@@ -6,14 +6,18 @@ simulator and the openai SDK."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
+import yaml
 
-from helpers import RunningGateway, SimPool, endpoint, start_gateway
+from helpers import RunningGateway, SimPool, endpoint, start_gateway, start_workers
 from mixroute.access.admission import AdmissionGate, QueueFull, QueueTimeout
 from mixroute.access.keys import hash_key
+from mixroute.access.shared import SharedCounters, bucket_tag
 from mixroute.config.loader import validate_config
 
 
@@ -187,3 +191,57 @@ async def test_queue_wait_timeout_is_503(gw: RunningGateway) -> None:
     assert info.value.body["code"] == "queue_timeout"  # type: ignore[index]
     await first
     assert gate.in_flight == 0 and gate.queued == 0
+
+
+async def test_two_gates_sharing_a_counter_admit_the_limit_together() -> None:
+    """What two workers' gates do with one shared count: the limit is the gateway's, and a
+    slot freed by one is taken by the other's waiter (which polls for it)."""
+    counters = SharedCounters(8)
+    tag = bucket_tag("in_flight", "slow")
+    one = AdmissionGate(2, 4, 5, counters.counter(tag))
+    two = AdmissionGate(2, 4, 5, counters.counter(tag))
+    await one.acquire()
+    await two.acquire()
+    waiter = asyncio.create_task(two.acquire())
+    await asyncio.sleep(0.05)
+    assert not waiter.done() and two.queued == 1  # 2 in flight across both: it waits
+    one.release()  # one has no waiter of its own: the slot goes back to the shared count
+    await asyncio.wait_for(waiter, 1)  # and two's waiter takes it
+    assert (one.in_flight, two.in_flight, counters.counter(tag).value()) == (0, 2, 2)
+    two.release()
+    two.release()
+    assert counters.counter(tag).value() == 0
+
+
+@pytest.mark.timeout(60)
+async def test_max_in_flight_holds_for_the_gateway_not_per_worker(
+    sim_pool: SimPool, tmp_path: Path
+) -> None:
+    """``serve --workers 2``: 12 concurrent requests on their own connections reach both
+    workers; ``max_in_flight: 2`` with no queue lets 2 through, not 2 per worker."""
+    sim = sim_pool.start("slow", "slow-0", "--decode-ms-per-token", "20")
+    config = {
+        "endpoints": [endpoint(sim)],
+        "models": {"slow": {"max_in_flight": 2, "max_queue": 0}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process, url = await asyncio.to_thread(start_workers, path)
+    try:
+        body = {"model": "slow", "messages": [{"role": "user", "content": "go"}], "max_tokens": 40}
+
+        async def one() -> int:
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as http,
+                http.post(url + "/v1/chat/completions", json=body) as response,
+            ):
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(12)))
+        assert sorted(statuses) == [200, 200] + [429] * 10, statuses
+        assert await one() == 200  # and the slots came back
+    finally:
+        process.terminate()
+        assert await asyncio.to_thread(process.wait, 20) == 0

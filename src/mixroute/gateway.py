@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from mixroute.access.service import AccessControl
-from mixroute.access.shared import SharedBuckets
+from mixroute.access.shared import SharedAccess
 from mixroute.balancer.discovery.kubernetes import DiscoveryError, KubernetesDiscovery
 from mixroute.cache.service import CacheService
 from mixroute.config.loader import ConfigError
@@ -44,13 +44,13 @@ class Gateway:
         config: MixrouteConfig,
         config_path: Path | None = None,
         span_processor: SpanProcessor | None = None,
-        shared_buckets: SharedBuckets | None = None,
+        shared_access: SharedAccess | None = None,
         workers: WorkerSet | None = None,
     ) -> None:
         """``span_processor`` replaces the OTLP exporter of tracing (tests record in memory);
-        ``shared_buckets`` and ``workers``: what this worker shares with the other
-        ``--workers`` (rate-limit levels; the sockets and sequence of one /metrics and one
-        dashboard, observability/workers.py)."""
+        ``shared_access`` and ``workers``: what this worker shares with the other
+        ``--workers`` (rate-limit levels and in-flight counts; the sockets and sequence of
+        one /metrics and one dashboard, observability/workers.py)."""
         self.tracing: Tracing = NO_TRACING
         self._span_processor = span_processor
         self.metrics = Metrics()
@@ -77,9 +77,9 @@ class Gateway:
         self.workers = workers
         # Keys, rate-limit buckets and admission gates: rebuilt on every reload from the
         # previous one, so unchanged keys keep their windows (access/service.py).
-        self._shared_buckets = shared_buckets
+        self._shared_access = shared_access
         self.access = AccessControl(
-            config.access, list(config.access.keys), config.aliases(), {}, shared=shared_buckets
+            config.access, list(config.access.keys), config.aliases(), {}, shared=shared_access
         )
 
     def runtime_config_max_body(self) -> int:
@@ -182,7 +182,7 @@ class Gateway:
 
     async def _build_runtime(self, config: MixrouteConfig, previous: Runtime | None) -> Runtime:
         access = await AccessControl.build(
-            config, self._config_path, previous=self.access, shared=self._shared_buckets
+            config, self._config_path, previous=self.access, shared=self._shared_access
         )
         runtime = Runtime(config, self.session, self.metrics, previous=previous)
         if config.semantic_enabled():

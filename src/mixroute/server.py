@@ -2,8 +2,9 @@
 
 Workers are forked before any event loop exists, so each builds its own loop, session,
 runtime and metrics. What that means for routing state is in docs/architecture.md. Two
-things cross the process line: the rate-limit buckets (shared memory, access/shared.py) and
-``/metrics``, which any worker answers for all of them (observability/workers.py).
+things cross the process line: access control's rate-limit buckets and in-flight counts
+(shared memory, access/shared.py), and ``/metrics`` and the dashboard, which any worker
+answers for all of them (observability/workers.py).
 
 Shutdown (SIGTERM, SIGINT) drains: the listening socket is closed at once (new connections
 are refused), idle keep-alive connections are closed, ``/ready`` answers 503, and requests
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mixroute.access.shared import SHARED_BUCKET_SLOTS, SharedBuckets
+from mixroute.access.shared import SharedAccess
 from mixroute.api.app import build_app, build_sibling_app
 from mixroute.config.schema import MixrouteConfig
 from mixroute.gateway import Gateway
@@ -52,7 +53,7 @@ def run_server(
     if workers <= 1:
         _run_worker(config, config_path, host, port, reuse_port=False)
         return 0
-    shared = SharedBuckets(SHARED_BUCKET_SLOTS)  # before the fork: every worker maps it
+    shared = SharedAccess()  # before the fork: every worker maps it
     sockets = Path(tempfile.mkdtemp(prefix="mixroute-workers-"))  # observability/workers.py
     sequence = SharedSequence()
     children: list[int] = []
@@ -118,7 +119,7 @@ def _run_worker(
     port: int,
     *,
     reuse_port: bool,
-    shared: SharedBuckets | None = None,
+    shared: SharedAccess | None = None,
     siblings: WorkerSet | None = None,
 ) -> None:
     signals = (signal.SIGTERM,) if reuse_port else (signal.SIGINT, signal.SIGTERM)
@@ -129,7 +130,7 @@ def _run_worker(
         port,
         reuse_port=reuse_port,
         signals=signals,
-        shared_buckets=shared,
+        shared_access=shared,
         siblings=siblings,
     )
     try:
@@ -164,11 +165,11 @@ async def serve_until_stopped(
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
-    shared_buckets: SharedBuckets | None = None,
+    shared_access: SharedAccess | None = None,
     siblings: WorkerSet | None = None,
 ) -> None:
     """Serve until ``stop`` is set (or one of ``signals`` arrives), then drain and exit."""
-    gateway = Gateway(config, config_path, shared_buckets=shared_buckets, workers=siblings)
+    gateway = Gateway(config, config_path, shared_access=shared_access, workers=siblings)
     runner = web.AppRunner(
         build_app(gateway),
         handler_cancellation=True,

@@ -38,7 +38,7 @@ from mixroute.access.errors import (
 )
 from mixroute.access.keys import NameMatcher, Principal, hash_key
 from mixroute.access.limits import AddressLimiters, KeyLimiter
-from mixroute.access.shared import SharedBuckets
+from mixroute.access.shared import SharedAccess, bucket_tag
 from mixroute.config.loader import ConfigError, format_validation_error
 from mixroute.config.schema import MixrouteConfig
 from mixroute.context import RequestContext
@@ -102,7 +102,7 @@ class AccessControl:
         aliases: dict[str, str],
         gates: dict[str, AdmissionGate],
         previous: AccessControl | None = None,
-        shared: SharedBuckets | None = None,
+        shared: SharedAccess | None = None,
     ) -> None:
         self.settings = settings
         self.enabled = settings.enabled
@@ -110,6 +110,7 @@ class AccessControl:
         self.gates = gates
         self._no_gate: contextlib.nullcontext[None] = contextlib.nullcontext()
         now = time.monotonic()
+        buckets = shared.buckets if shared is not None else None
         old = previous._by_hash if previous is not None else {}
         self._by_hash: dict[str, Principal] = {}
         for key in keys:
@@ -121,7 +122,7 @@ class AccessControl:
                 and kept.identity == identity
                 and kept.limiter is not None
                 and kept.limiter.same_limits(key.rpm, key.tpm)
-                else KeyLimiter(key.rpm, key.tpm, now, shared, identity)
+                else KeyLimiter(key.rpm, key.tpm, now, buckets, identity)
                 if key.rpm or key.tpm
                 else None
             )
@@ -151,7 +152,7 @@ class AccessControl:
                 kept_addresses
                 if kept_addresses is not None
                 and kept_addresses.same_limits(anon.rpm, anon.tpm, anon.max_clients)
-                else AddressLimiters(anon.rpm, anon.tpm, anon.max_clients, shared)
+                else AddressLimiters(anon.rpm, anon.tpm, anon.max_clients, buckets)
             )
 
     @classmethod
@@ -160,7 +161,7 @@ class AccessControl:
         config: MixrouteConfig,
         config_path: Path | None,
         previous: AccessControl | None,
-        shared: SharedBuckets | None = None,
+        shared: SharedAccess | None = None,
     ) -> AccessControl:
         """Reads ``access.keys_file`` (off the loop) and checks its keys like the config's."""
         settings = config.access
@@ -197,7 +198,12 @@ class AccessControl:
             queue, timeout = model_settings.max_queue, model_settings.queue_timeout_s
             gate = old_gates.get(model)
             if gate is None:
-                gate = AdmissionGate(limit, queue, timeout)
+                counter = (
+                    shared.counters.counter(bucket_tag("in_flight", model))
+                    if shared is not None
+                    else None
+                )
+                gate = AdmissionGate(limit, queue, timeout, counter)
             else:
                 gate.configure(limit, queue, timeout)
             gates[model] = gate

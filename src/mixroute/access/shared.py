@@ -1,4 +1,5 @@
-"""Token buckets shared by the worker processes of one ``mixroute serve --workers N``.
+"""Token buckets and in-flight counters shared by the worker processes of one
+``mixroute serve --workers N``.
 
 A key's ``rpm`` must mean requests per minute for the gateway, not per worker: with the
 buckets in each process a key got N times its limit (the kernel spreads connections over the
@@ -11,6 +12,9 @@ key's identity, the bucket kind and its limit, so a reload that keeps a key's li
 its level, in every worker); a bucket not found within ``PROBES`` slots replaces the least
 recently used of them, which then starts again full, as a forgotten anonymous client does in
 one process. ``time.monotonic`` is the system's monotonic clock, the same in every process.
+
+The same goes for a model's ``max_in_flight``: ``SharedCounters`` holds each model's count of
+requests upstream across the workers (access/admission.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ LOCK_TIMEOUT_S = 1.0
 # 32768 records of 24 bytes (768 KiB): room for every key's two buckets and many anonymous
 # client addresses; beyond that the least recently used bucket in a probe window is reused.
 SHARED_BUCKET_SLOTS = 1 << 15
+SHARED_COUNTER_SLOTS = 1024  # one per model with max_in_flight
 
 
 class _Record(ctypes.Structure):
@@ -131,3 +136,92 @@ class SharedBucket:
 
     def level(self, now: float) -> float:
         return self._store.update(self._tag, self.capacity, self.rate, now, lambda lv: (lv, lv))
+
+
+class _Counter(ctypes.Structure):
+    _fields_ = (("tag", ctypes.c_uint64), ("value", ctypes.c_int64))
+
+
+class SharedCounters:
+    """Counts shared by the workers (the models' requests in flight, for ``max_in_flight``):
+    a small table of (tag, value) in shared memory behind one lock. A table that is full
+    (more models than slots) hands out counters that do not count: those models are then
+    limited per worker only, and the log says so once."""
+
+    def __init__(self, slots: int) -> None:
+        self._records: Any = RawArray(_Counter, slots)
+        self._slots = slots
+        self._lock = multiprocessing.get_context("fork").Lock()
+        self._stuck = False
+        self._full = False
+
+    def counter(self, tag: int) -> SharedCounter:
+        return SharedCounter(self, tag)
+
+    def change(self, tag: int, delta: int, below: int | None) -> bool:
+        """Add ``delta`` to the counter ``tag``, only if its value is below ``below`` when
+        that is given; whether it was added. A stuck lock (see ``SharedBuckets.update``)
+        or a full table says yes: the limit is then this worker's own."""
+        if self._stuck or not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+            if not self._stuck:
+                self._stuck = True
+                log.error("the workers' shared in-flight lock is stuck: limits are per worker")
+            return True
+        try:
+            record = self._find(tag)
+            if record is None:
+                return True
+            if below is not None and record.value >= below:
+                return False
+            record.value += delta
+            return True
+        finally:
+            self._lock.release()
+
+    def value(self, tag: int) -> int:
+        with self._lock:
+            record = self._find(tag)
+            return int(record.value) if record is not None else 0
+
+    def _find(self, tag: int) -> Any:
+        start = tag % self._slots
+        for step in range(self._slots):
+            record = self._records[(start + step) % self._slots]
+            if record.tag == tag:
+                return record
+            if record.tag == 0:
+                record.tag, record.value = tag, 0
+                return record
+        if not self._full:
+            self._full = True
+            log.error("the workers' shared in-flight table is full: more models are per worker")
+        return None
+
+
+class SharedCounter:
+    """One counter of a ``SharedCounters``."""
+
+    __slots__ = ("_store", "_tag")
+
+    def __init__(self, store: SharedCounters, tag: int) -> None:
+        self._store = store
+        self._tag = tag
+
+    def take_below(self, limit: int) -> bool:
+        """One more, if fewer than ``limit`` are counted; whether it was taken."""
+        return self._store.change(self._tag, 1, limit)
+
+    def give_back(self) -> None:
+        self._store.change(self._tag, -1, None)
+
+    def value(self) -> int:
+        return self._store.value(self._tag)
+
+
+class SharedAccess:
+    """What access control shares across the workers: the rate-limit buckets and the
+    models' in-flight counts. Made by the supervisor before it forks."""
+
+    def __init__(self) -> None:
+        self.buckets = SharedBuckets(SHARED_BUCKET_SLOTS)
+        self.counters = SharedCounters(SHARED_COUNTER_SLOTS)

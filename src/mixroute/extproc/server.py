@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixroute.access.shared import SHARED_BUCKET_SLOTS, SharedBuckets
+from mixroute.access.shared import SharedAccess
 from mixroute.config.loader import ConfigError, load_config_file
 from mixroute.config.schema import MixrouteConfig
 from mixroute.observability.workers import SharedSequence, WorkerSet
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         set_destination=args.destination_endpoint,
         reuse_port=args.workers > 1,
         http_port=args.http_port,
-        shared_buckets=SharedBuckets(SHARED_BUCKET_SLOTS) if args.workers > 1 else None,
+        shared_access=SharedAccess() if args.workers > 1 else None,
     )
     if args.workers <= 1:
         _run_worker(config, args.config, options)
@@ -134,7 +134,7 @@ class ServeOptions:
     set_destination: bool = False  # send the balancer's pick in x-gateway-destination-endpoint
     reuse_port: bool = False
     http_port: int | None = None  # /health, /ready, /metrics
-    shared_buckets: SharedBuckets | None = None  # the workers' rate limits (access/shared.py)
+    shared_access: SharedAccess | None = None  # the workers' limits (access/shared.py)
     siblings: WorkerSet | None = None  # with --workers: one /metrics for all of them
 
 
@@ -193,7 +193,7 @@ async def serve(
     from mixroute.gateway import Gateway
 
     gateway = Gateway(
-        config, config_path, shared_buckets=options.shared_buckets, workers=options.siblings
+        config, config_path, shared_access=options.shared_access, workers=options.siblings
     )
     await gateway.start()
     server: Any = None
