@@ -144,9 +144,9 @@ class _Counter(ctypes.Structure):
 
 class SharedCounters:
     """Counts shared by the workers (the models' requests in flight, for ``max_in_flight``):
-    a small table of (tag, value) in shared memory behind one lock. A table that is full
-    (more models than slots) hands out counters that do not count: those models are then
-    limited per worker only, and the log says so once."""
+    a small table of (tag, value) in shared memory behind one lock (1024 models fit). Past
+    that, or with a stuck lock, counters admit everything and the log says so once: a
+    gateway that stops limiting is better than one that stops serving."""
 
     def __init__(self, slots: int) -> None:
         self._records: Any = RawArray(_Counter, slots)
@@ -161,11 +161,11 @@ class SharedCounters:
     def change(self, tag: int, delta: int, below: int | None) -> bool:
         """Add ``delta`` to the counter ``tag``, only if its value is below ``below`` when
         that is given; whether it was added. A stuck lock (see ``SharedBuckets.update``)
-        or a full table says yes: the limit is then this worker's own."""
+        or a full table says yes."""
         if self._stuck or not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
             if not self._stuck:
                 self._stuck = True
-                log.error("the workers' shared in-flight lock is stuck: limits are per worker")
+                log.error("the workers' shared in-flight lock is stuck: max_in_flight not enforced")
             return True
         try:
             record = self._find(tag)
@@ -194,7 +194,7 @@ class SharedCounters:
                 return record
         if not self._full:
             self._full = True
-            log.error("the workers' shared in-flight table is full: more models are per worker")
+            log.error("the workers' shared in-flight table is full: max_in_flight not enforced")
         return None
 
 
