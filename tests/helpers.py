@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import yaml
@@ -191,6 +192,27 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def post_on_a_new_connection(
+    url: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """A POST on a connection of its own: with workers sharing a port, any may answer.
+    Returns the status, the headers (lower-case names) and the body."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.post(url, json=body, headers=headers or {}) as response,
+    ):
+        answer = await response.read()
+        return response.status, {k.lower(): v for k, v in response.headers.items()}, answer
+
+
+async def get_on_a_new_connection(url: str) -> str:
+    """A GET on a connection of its own (see ``post_on_a_new_connection``)."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(url) as response:
+        return await response.text()
 
 
 def serve_argv(config_path: Path, port: int, *extra: str) -> list[str]:

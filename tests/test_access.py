@@ -22,6 +22,7 @@ from helpers import (
     config_for,
     endpoint,
     free_port,
+    post_on_a_new_connection,
     start_gateway,
     start_workers,
 )
@@ -409,15 +410,13 @@ async def test_limits_hold_for_the_gateway_not_per_worker(
         body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         headers = {"authorization": f"Bearer {KEY_SLOW}", "x-mixroute-debug": "1"}
         for _ in range(40):  # a new connection each time: either worker may take it
-            connector = aiohttp.TCPConnector(force_close=True)
-            async with (
-                aiohttp.ClientSession(connector=connector) as http,
-                http.post(url + "/v1/chat/completions", json=body, headers=headers) as response,
-            ):
-                statuses.append(response.status)
-                if response.status == 200:
-                    workers.add(response.headers["x-mixroute-worker"])
-                    remaining.append(int(response.headers["x-ratelimit-remaining-requests"]))
+            status, answer, _ = await post_on_a_new_connection(
+                url + "/v1/chat/completions", body, headers
+            )
+            statuses.append(status)
+            if status == 200:
+                workers.add(answer["x-mixroute-worker"])
+                remaining.append(int(answer["x-ratelimit-remaining-requests"]))
         # A minute's allowance and at most one more refilled while the 40 went by.
         assert 20 <= statuses.count(200) <= 21, statuses
         assert set(statuses) == {200, 429}

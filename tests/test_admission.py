@@ -9,12 +9,18 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 import yaml
 
-from helpers import RunningGateway, SimPool, endpoint, start_gateway, start_workers
+from helpers import (
+    RunningGateway,
+    SimPool,
+    endpoint,
+    post_on_a_new_connection,
+    start_gateway,
+    start_workers,
+)
 from mixroute.access.admission import AdmissionGate, QueueFull, QueueTimeout
 from mixroute.access.keys import hash_key
 from mixroute.access.shared import SharedCounters, bucket_tag
@@ -231,13 +237,8 @@ async def test_max_in_flight_holds_for_the_gateway_not_per_worker(
         body = {"model": "slow", "messages": [{"role": "user", "content": "go"}], "max_tokens": 40}
 
         async def one() -> int:
-            connector = aiohttp.TCPConnector(force_close=True)
-            async with (
-                aiohttp.ClientSession(connector=connector) as http,
-                http.post(url + "/v1/chat/completions", json=body) as response,
-            ):
-                await response.read()
-                return response.status
+            status, _, _ = await post_on_a_new_connection(url + "/v1/chat/completions", body)
+            return status
 
         statuses = await asyncio.gather(*(one() for _ in range(12)))
         assert sorted(statuses) == [200, 200] + [429] * 10, statuses

@@ -21,6 +21,7 @@ from helpers import (
     SimPool,
     config_for,
     endpoint,
+    post_on_a_new_connection,
     start_gateway,
     start_gateway_process,
     start_workers,
@@ -135,15 +136,11 @@ async def test_one_feed_and_state_for_all_workers(shared_sims: SimPool, tmp_path
         body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         sent: dict[str, str] = {}  # request id -> the worker that answered it
         for _ in range(12):
-            connector = aiohttp.TCPConnector(force_close=True)
-            async with (
-                aiohttp.ClientSession(connector=connector) as http,
-                http.post(
-                    url + "/v1/chat/completions", json=body, headers={"x-mixroute-debug": "1"}
-                ) as response,
-            ):
-                assert response.status == 200
-                sent[response.headers["x-request-id"]] = response.headers["x-mixroute-worker"]
+            status, headers, _ = await post_on_a_new_connection(
+                url + "/v1/chat/completions", body, {"x-mixroute-debug": "1"}
+            )
+            assert status == 200
+            sent[headers["x-request-id"]] = headers["x-mixroute-worker"]
         assert len(set(sent.values())) == 2
         for _ in range(4):  # new connections: polls land on either worker
             connector = aiohttp.TCPConnector(force_close=True)

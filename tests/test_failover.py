@@ -16,6 +16,7 @@ from helpers import (
     Sim,
     SimPool,
     config_for,
+    post_on_a_new_connection,
     start_gateway,
     start_workers,
 )
@@ -166,18 +167,14 @@ async def test_session_affinity_holds_across_workers(shared_sims: SimPool, tmp_p
         workers: set[str] = set()
         for round_ in range(6):
             for user in range(12):
-                connector = aiohttp.TCPConnector(force_close=True)
-                async with (
-                    aiohttp.ClientSession(connector=connector) as session,
-                    session.post(
-                        f"{url}/v1/chat/completions",
-                        json=CHAT,
-                        headers={"x-user-id": f"user-{user}", "x-mixroute-debug": "1"},
-                    ) as response,
-                ):
-                    assert response.status == 200, round_
-                    owners[f"user-{user}"].add(response.headers["x-mixroute-endpoint"])
-                    workers.add(response.headers["x-mixroute-worker"])
+                status, headers, _ = await post_on_a_new_connection(
+                    f"{url}/v1/chat/completions",
+                    CHAT,
+                    {"x-user-id": f"user-{user}", "x-mixroute-debug": "1"},
+                )
+                assert status == 200, round_
+                owners[f"user-{user}"].add(headers["x-mixroute-endpoint"])
+                workers.add(headers["x-mixroute-worker"])
         assert len(workers) == 2, "both worker processes should have answered"
         assert all(len(endpoints) == 1 for endpoints in owners.values())
         assert {next(iter(e)) for e in owners.values()} == {"alpha-0", "alpha-1"}

@@ -25,6 +25,8 @@ from helpers import (
     config_for,
     endpoint,
     free_port,
+    get_on_a_new_connection,
+    post_on_a_new_connection,
     start_gateway,
     start_workers,
     wait_for_status,
@@ -230,15 +232,11 @@ async def test_one_scrape_counts_every_worker(shared_sims: SimPool, tmp_path: Pa
         body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         served_by: set[str] = set()
         for _ in range(16):  # a new connection each time: either worker may take it
-            connector = aiohttp.TCPConnector(force_close=True)
-            async with (
-                aiohttp.ClientSession(connector=connector) as http,
-                http.post(
-                    url + "/v1/chat/completions", json=body, headers={"x-mixroute-debug": "1"}
-                ) as response,
-            ):
-                assert response.status == 200
-                served_by.add(response.headers["x-mixroute-worker"])
+            status, headers, _ = await post_on_a_new_connection(
+                url + "/v1/chat/completions", body, {"x-mixroute-debug": "1"}
+            )
+            assert status == 200
+            served_by.add(headers["x-mixroute-worker"])
         assert len(served_by) == 2
         for _ in range(6):
             text = await get_on_a_new_connection(url + "/metrics")
@@ -287,10 +285,3 @@ async def test_one_processor_scrape_counts_every_extproc_worker(
     finally:
         process.terminate()
         assert await asyncio.to_thread(process.wait, 20) == 0
-
-
-async def get_on_a_new_connection(url: str) -> str:
-    """A GET on a connection of its own: with workers sharing a port, any may answer."""
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as http, http.get(url) as response:
-        return await response.text()
