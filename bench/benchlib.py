@@ -155,6 +155,12 @@ def ensure_wrk() -> str:
 # --------------------------------------------------------------------------- processes
 
 
+def sim_argv(port: int, model: str, *extra: str) -> list[str]:
+    """The command line of one simulator (``mixroute.sim``) on ``HOST:port``."""
+    sim = [sys.executable, "-m", "mixroute.sim"]
+    return [*sim, "--host", HOST, "--port", str(port), "--model", model, *extra]
+
+
 def free_port() -> int:
     """A port free right now on 127.0.0.1 (the tiny race until the server binds is fine)."""
     with socket.socket() as sock:

@@ -129,8 +129,7 @@ def start_sims(services: bl.Services) -> dict[str, str]:
     urls = {}
     for model in MODELS:
         port = bl.free_port()
-        argv = [sys.executable, "-m", "mixroute.sim", "--host", bl.HOST, "--port", str(port)]
-        service = services.start(f"sim-{model}", [*argv, "--model", model, "--no-latency"])
+        service = services.start(f"sim-{model}", bl.sim_argv(port, model, "--no-latency"))
         urls[model] = f"http://{bl.HOST}:{port}"
         bl.wait_ready(service, f"{urls[model]}/health")
     return urls

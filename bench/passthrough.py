@@ -70,19 +70,7 @@ class Target:
 def start_backend(services: bl.Services) -> tuple[bl.Service, str]:
     """The simulator at full speed: the ceiling every gateway is measured against."""
     port = bl.free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "mixroute.sim",
-        "--host",
-        bl.HOST,
-        "--port",
-        str(port),
-        "--model",
-        bl.MODEL,
-        "--no-latency",
-    ]
-    service = services.start("backend", argv)
+    service = services.start("backend", bl.sim_argv(port, bl.MODEL, "--no-latency"))
     url = f"http://{bl.HOST}:{port}"
     bl.wait_ready(service, f"{url}/health")
     return service, url

@@ -144,19 +144,7 @@ def through_gateway(texts: list[str], rounds: int, duration: int) -> dict[str, A
         sims = []
         for model in DEMO_MODELS:
             port = benchlib.free_port()
-            service = services.start(
-                f"sim-{model}",
-                [
-                    sys.executable,
-                    "-m",
-                    "mixroute.sim",
-                    "--port",
-                    str(port),
-                    "--model",
-                    model,
-                    "--no-latency",
-                ],
-            )
+            service = services.start(f"sim-{model}", benchlib.sim_argv(port, model, "--no-latency"))
             sims.append((model, port, service))
         for _, port, service in sims:
             benchlib.wait_ready(service, f"http://127.0.0.1:{port}/health")

@@ -212,22 +212,9 @@ def start_pool(services: bl.Services) -> list[Sim]:
         for replica in range(replicas):
             name = f"{model}-{replica}"
             port = bl.free_port()
-            argv = [
-                sys.executable,
-                "-m",
-                "mixroute.sim",
-                "--host",
-                bl.HOST,
-                "--port",
-                str(port),
-                "--model",
-                model,
-                "--replica-name",
-                name,
-                "--max-tokens-default",
-                "24",
-                *SIM_LATENCY,
-            ]
+            argv = bl.sim_argv(
+                port, model, "--replica-name", name, "--max-tokens-default", "24", *SIM_LATENCY
+            )
             kv_pub = kv_replay = None
             if model == "code-llm":
                 pub, replay = bl.free_port(), bl.free_port()
